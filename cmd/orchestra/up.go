@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/run"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/orchestra-fleet/orchestra/gateway"
+	"github.com/orchestra-fleet/orchestra/infra/natsserver"
+	"github.com/orchestra-fleet/orchestra/infra/streams"
+)
+
+// upConfig holds the flags of `orchestra up`.
+type upConfig struct {
+	DataDir      string
+	HTTPAddr     string
+	NATSListen   string
+	NATSURL      string
+	Fsync        string
+	Replicas     int
+	LogRetention time.Duration
+	LogLevel     string
+	LogFormat    string
+}
+
+// Validate reports every bad flag at once, each naming the flag.
+func (c upConfig) Validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("--data: must not be empty"))
+	}
+	if c.Fsync != "interval" && c.Fsync != "always" {
+		errs = append(errs, fmt.Errorf("--fsync: %q, want interval or always", c.Fsync))
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		errs = append(errs, fmt.Errorf("--http: %v", err))
+	}
+	if _, _, err := net.SplitHostPort(c.NATSListen); c.NATSURL == "" && err != nil {
+		errs = append(errs, fmt.Errorf("--nats-listen: %v", err))
+	}
+	if err := (streams.Config{Replicas: c.Replicas, LogRetention: c.LogRetention, LogMaxBytes: streams.DefaultLogMaxBytes}).Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("--replicas/--log-retention: %w", err))
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		errs = append(errs, fmt.Errorf("--log-format: %q, want text or json", c.LogFormat))
+	}
+	return errors.Join(errs...)
+}
+
+func newUpCommand(stderr io.Writer) *cobra.Command {
+	var c upConfig
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run Orchestra: NATS (embedded unless --nats), the HTTP API and every actor, in one process",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := c.Validate(); err != nil {
+				return usageError{err}
+			}
+			level, _ := parseLevel(c.LogLevel)
+			opts := &slog.HandlerOptions{Level: level}
+			var h slog.Handler = slog.NewTextHandler(stderr, opts)
+			if c.LogFormat == "json" {
+				h = slog.NewJSONHandler(stderr, opts)
+			}
+			return up(cmd.Context(), c, slog.New(h))
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.DataDir, "data", ".orchestra", "data directory: JetStream store, read models, keys")
+	f.StringVar(&c.HTTPAddr, "http", "127.0.0.1:7070", "HTTP API listen address")
+	f.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "client address of the embedded NATS server (for agents and the NATS CLI)")
+	f.StringVar(&c.NATSURL, "nats", "", "join this NATS server or cluster (comma-separated URLs) instead of embedding one")
+	f.StringVar(&c.Fsync, "fsync", "interval", "embedded JetStream durability: interval (fsync every 2 min) or always (every write)")
+	f.IntVar(&c.Replicas, "replicas", 1, "stream replicas: 1 embedded, 3 on a cluster")
+	f.DurationVar(&c.LogRetention, "log-retention", streams.DefaultLogRetention, "how long EXEC, RESULTS and LOGS keep messages")
+	f.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&c.LogFormat, "log-format", "text", "text or json")
+	return cmd
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("--log-level: %q, want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// up runs everything until a signal, then stops it in order: HTTP first,
+// so no request is cut off mid-write, then NATS, which flushes JetStream.
+func up(ctx context.Context, c upConfig, log *slog.Logger) error {
+	dataDir, err := filepath.Abs(c.DataDir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+
+	var (
+		srv     *natsserver.Server
+		nc      *nats.Conn
+		natsURL = c.NATSURL
+	)
+	connOpts := []nats.Option{nats.Name("orchestra up"), nats.MaxReconnects(-1)}
+	if c.NATSURL == "" {
+		srv, err = natsserver.Start(natsserver.Config{
+			DataDir: dataDir, Listen: c.NATSListen, SyncAlways: c.Fsync == "always", Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			log.Info("stopping nats-server")
+			srv.Shutdown()
+		}()
+		natsURL = srv.ClientURL()
+		nc, err = srv.Connect(connOpts...)
+	} else {
+		nc, err = nats.Connect(c.NATSURL, append(connOpts, nats.RetryOnFailedConnect(true))...)
+	}
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ready := make(chan struct{})
+	ln, err := net.Listen("tcp", c.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("--http: %w", err)
+	}
+	httpSrv := &http.Server{
+		Handler:           gateway.NewHandler(gateway.Config{Logger: log, Ready: ready, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+
+	var g run.Group
+	g.Add(run.SignalHandler(ctx, os.Interrupt, syscall.SIGTERM))
+	{ // streams: provisioned once NATS answers; then the process is ready
+		pctx, cancel := context.WithCancel(ctx)
+		g.Add(func() error {
+			if err := provision(pctx, js, c, log); err != nil {
+				return nil // interrupted before NATS answered
+			}
+			close(ready)
+			log.Info("ready", "streams", []string{"EVENTS", "EXEC", "RESULTS", "LOGS"})
+			<-pctx.Done()
+			return nil
+		}, func(error) {
+			cancel()
+		})
+	}
+	{ // HTTP API
+		g.Add(func() error {
+			if err := httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("http: %w", err)
+			}
+			return nil
+		}, func(error) {
+			log.Info("stopping http")
+			sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			_ = httpSrv.Shutdown(sctx)
+		})
+	}
+	if srv != nil { // the embedded server ending on its own ends the process
+		stop := make(chan struct{})
+		done := srv.Done()
+		g.Add(func() error {
+			select {
+			case <-done:
+				return errors.New("embedded nats-server stopped")
+			case <-stop:
+				return nil
+			}
+		}, func(error) { close(stop) })
+	}
+
+	log.Info("orchestra up", "http", "http://"+ln.Addr().String(), "nats", natsURL, "embedded_nats", srv != nil,
+		"data", dataDir, "fsync", c.Fsync, "replicas", c.Replicas)
+	err = g.Run()
+	if errors.Is(err, run.ErrSignal) {
+		log.Info("shutting down", "reason", err.Error())
+		return nil
+	}
+	return err
+}
+
+// provision creates the streams, retrying while NATS is unreachable, until
+// it succeeds or ctx ends (then it returns ctx's error).
+func provision(ctx context.Context, js jetstream.JetStream, c upConfig, log *slog.Logger) error {
+	cfg := streams.Config{Replicas: c.Replicas, LogRetention: c.LogRetention}
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := streams.Provision(actx, js, cfg)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() == nil {
+			log.Warn("provisioning streams failed; retrying", "err", err, "attempt", attempt)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}

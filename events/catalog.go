@@ -1,0 +1,21 @@
+package events
+
+// Catalog lists every event type Orchestra writes, as prototypes for
+// NewRegistry. Adding an event type means adding its payload struct beside
+// its aggregate's others and listing it here; a test checks the list builds.
+func Catalog() []Payload {
+	return []Payload{
+		&ServerSaved{}, &ServerDeleted{},
+		&BackendSaved{}, &BackendDeleted{},
+		&RouteSaved{}, &RouteDeleted{},
+		&ResourceSaved{}, &ResourceDeleted{},
+	}
+}
+
+// Aggregate types of the model.
+const (
+	AggServer   = "server"
+	AggBackend  = "backend"
+	AggRoute    = "route"
+	AggResource = "resource"
+)

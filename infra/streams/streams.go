@@ -1,0 +1,131 @@
+// Package streams provisions Orchestra's JetStream streams (DESIGN.md §6).
+package streams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/orchestra-fleet/orchestra/events"
+)
+
+// Config sizes the streams.
+type Config struct {
+	// Replicas per stream: 1 on the embedded server, 3 on a cluster.
+	Replicas int
+	// LogRetention is how long EXEC, RESULTS and LOGS keep messages.
+	LogRetention time.Duration
+	// LogMaxBytes bounds the LOGS stream (supervised process output).
+	LogMaxBytes int64
+}
+
+// Defaults: one replica, 30 days of logs, 1 GiB of process output.
+const (
+	DefaultLogRetention = 30 * 24 * time.Hour
+	DefaultLogMaxBytes  = 1 << 30
+	// EventDuplicates is the de-duplication window of EVENTS: a unit
+	// retried within it is recognised by its message ids.
+	EventDuplicates = 10 * time.Minute
+)
+
+func (c *Config) setDefaults() {
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.LogRetention == 0 {
+		c.LogRetention = DefaultLogRetention
+	}
+	if c.LogMaxBytes == 0 {
+		c.LogMaxBytes = DefaultLogMaxBytes
+	}
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Replicas != 1 && c.Replicas != 3 && c.Replicas != 5 {
+		errs = append(errs, fmt.Errorf("replicas: %d, want 1, 3 or 5", c.Replicas))
+	}
+	if c.LogRetention < time.Minute {
+		errs = append(errs, fmt.Errorf("log retention: %s, want at least 1m", c.LogRetention))
+	}
+	if c.LogMaxBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("log max bytes: %d, want at least 1 MiB", c.LogMaxBytes))
+	}
+	return errors.Join(errs...)
+}
+
+// Configs returns the desired configuration of every stream.
+func Configs(c Config) ([]jetstream.StreamConfig, error) {
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return []jetstream.StreamConfig{
+		{
+			Name:               events.StreamEvents,
+			Description:        "Orchestra event log: the source of truth",
+			Subjects:           []string{events.SubjectEvents},
+			Storage:            jetstream.FileStorage,
+			Retention:          jetstream.LimitsPolicy,
+			Replicas:           c.Replicas,
+			Duplicates:         EventDuplicates,
+			DenyDelete:         true,
+			DenyPurge:          true,
+			AllowDirect:        true,
+			AllowAtomicPublish: true,
+		},
+		{
+			Name:        events.StreamExec,
+			Description: "Plans, one subject per server, strictly ordered",
+			Subjects:    []string{events.SubjectExec},
+			Storage:     jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy,
+			Replicas:    c.Replicas,
+			MaxAge:      c.LogRetention,
+			Duplicates:  EventDuplicates,
+			AllowDirect: true,
+		},
+		{
+			Name:        events.StreamResults,
+			Description: "Script results and output from the executors",
+			Subjects:    []string{events.SubjectResults},
+			Storage:     jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy,
+			Replicas:    c.Replicas,
+			MaxAge:      c.LogRetention,
+			Duplicates:  EventDuplicates,
+			AllowDirect: true,
+		},
+		{
+			Name:        events.StreamLogs,
+			Description: "Output of supervised processes",
+			Subjects:    []string{events.SubjectLogs},
+			Storage:     jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy,
+			Replicas:    c.Replicas,
+			MaxAge:      c.LogRetention,
+			MaxBytes:    c.LogMaxBytes,
+			Discard:     jetstream.DiscardOld,
+			AllowDirect: true,
+		},
+	}, nil
+}
+
+// Provision creates the streams or brings them to the configuration. Run it
+// as often as you like: an unchanged stream is left alone.
+func Provision(ctx context.Context, js jetstream.JetStream, c Config) error {
+	cfgs, err := Configs(c)
+	if err != nil {
+		return err
+	}
+	for _, cfg := range cfgs {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}
