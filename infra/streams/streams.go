@@ -64,6 +64,8 @@ func Configs(c Config) ([]jetstream.StreamConfig, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
+	logs := retained(c, events.StreamLogs, "Output of supervised processes", events.SubjectLogs)
+	logs.MaxBytes, logs.Discard = c.LogMaxBytes, jetstream.DiscardOld
 	return []jetstream.StreamConfig{
 		{
 			Name:               events.StreamEvents,
@@ -78,41 +80,25 @@ func Configs(c Config) ([]jetstream.StreamConfig, error) {
 			AllowDirect:        true,
 			AllowAtomicPublish: true,
 		},
-		{
-			Name:        events.StreamExec,
-			Description: "Plans, one subject per server, strictly ordered",
-			Subjects:    []string{events.SubjectExec},
-			Storage:     jetstream.FileStorage,
-			Retention:   jetstream.LimitsPolicy,
-			Replicas:    c.Replicas,
-			MaxAge:      c.LogRetention,
-			Duplicates:  EventDuplicates,
-			AllowDirect: true,
-		},
-		{
-			Name:        events.StreamResults,
-			Description: "Script results and output from the executors",
-			Subjects:    []string{events.SubjectResults},
-			Storage:     jetstream.FileStorage,
-			Retention:   jetstream.LimitsPolicy,
-			Replicas:    c.Replicas,
-			MaxAge:      c.LogRetention,
-			Duplicates:  EventDuplicates,
-			AllowDirect: true,
-		},
-		{
-			Name:        events.StreamLogs,
-			Description: "Output of supervised processes",
-			Subjects:    []string{events.SubjectLogs},
-			Storage:     jetstream.FileStorage,
-			Retention:   jetstream.LimitsPolicy,
-			Replicas:    c.Replicas,
-			MaxAge:      c.LogRetention,
-			MaxBytes:    c.LogMaxBytes,
-			Discard:     jetstream.DiscardOld,
-			AllowDirect: true,
-		},
+		retained(c, events.StreamExec, "Plans, one subject per server, strictly ordered", events.SubjectExec),
+		retained(c, events.StreamResults, "Script results and output from the executors", events.SubjectResults),
+		logs,
 	}, nil
+}
+
+// retained is a stream whose messages expire after the log retention.
+func retained(c Config, name, description, subject string) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        name,
+		Description: description,
+		Subjects:    []string{subject},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Replicas:    c.Replicas,
+		MaxAge:      c.LogRetention,
+		Duplicates:  EventDuplicates,
+		AllowDirect: true,
+	}
 }
 
 // Provision creates the streams or brings them to the configuration. Run it

@@ -1,0 +1,249 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/infra/eventstore"
+	"github.com/orchestra-fleet/orchestra/infra/natsserver"
+	"github.com/orchestra-fleet/orchestra/infra/natstest"
+	"github.com/orchestra-fleet/orchestra/services"
+)
+
+var binary string
+
+// TestMain builds the real binary once; the tests run it as operators do.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "orchestra-bin")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "orchestra")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		os.Stderr.Write(out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// process is a running `orchestra up`.
+type process struct {
+	cmd      *exec.Cmd
+	http     string // base URL
+	nats     string
+	exited   chan error
+	logsDone chan struct{}
+	logs     *bytes.Buffer
+}
+
+// startUp runs `orchestra up` with args and waits for its startup line.
+func startUp(t *testing.T, args ...string) *process {
+	t.Helper()
+	args = append([]string{"up", "--http", "127.0.0.1:0", "--log-format", "json"}, args...)
+	cmd := exec.Command(binary, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &process{cmd: cmd, exited: make(chan error, 1), logs: &bytes.Buffer{}}
+	started := make(chan map[string]any, 1)
+	lines := make(chan string, 1024)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var rec map[string]any
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec["msg"] == "orchestra up" {
+				started <- rec
+			}
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	go func() { p.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	p.logsDone = make(chan struct{})
+	go func() {
+		for l := range lines {
+			p.logs.WriteString(l + "\n")
+		}
+		close(p.logsDone)
+	}()
+	select {
+	case rec := <-started:
+		p.http, _ = rec["http"].(string)
+		p.nats, _ = rec["nats"].(string)
+	case err := <-p.exited:
+		t.Fatalf("orchestra up exited before starting: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("no startup line from orchestra up in 60s")
+	}
+	return p
+}
+
+func (p *process) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(p.http + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func (p *process) waitReady(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if code, _ := p.get(t, "/readyz"); code == http.StatusOK {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("orchestra up did not become ready in 60s")
+}
+
+// stop sends SIGTERM and checks the process exits cleanly within the 5 s
+// graceful-stop contract, logging each component it stops.
+func (p *process) stop(t *testing.T, components ...string) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Fatalf("orchestra up exited with %v after SIGTERM", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("orchestra up did not stop within 5 s of SIGTERM")
+	}
+	<-p.logsDone
+	for _, c := range components {
+		if want := "stopping " + c; !strings.Contains(p.logs.String(), want) {
+			t.Errorf("shutdown log lacks %q:\n%s", want, p.logs)
+		}
+	}
+}
+
+func connect(t *testing.T, url string) (*eventstore.Store, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := events.NewRegistry(events.Catalog()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := eventstore.New(context.Background(), eventstore.Config{JetStream: js, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, js
+}
+
+func TestUpServesStopsAndKeepsEvents(t *testing.T) {
+	dir := t.TempDir()
+	p := startUp(t, "--data", dir, "--nats-listen", "127.0.0.1:0")
+	p.waitReady(t)
+
+	if code, body := p.get(t, "/healthz"); code != 200 || !strings.Contains(body, `"ok"`) {
+		t.Fatalf("/healthz = %d %s", code, body)
+	}
+	if code, body := p.get(t, "/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {
+		t.Fatalf("/metrics = %d, no go_goroutines", code)
+	}
+	if code, body := p.get(t, "/v1/nothing-here"); code != 404 || !strings.Contains(body, `"status":404`) {
+		t.Fatalf("unknown path = %d %s, want a 404 problem", code, body)
+	}
+
+	// Append through the NATS port `up` exposes, as an agent or a second
+	// process would.
+	s, _ := connect(t, p.nats)
+	u, _ := services.NewUnit(events.Meta{Actor: "e2e"}, time.Now())
+	for _, n := range []string{"web1.example.com", "db1"} {
+		agg := events.Aggregate{Type: events.AggServer, ID: n}
+		u.Expect(agg, 0)
+		_ = u.Add(agg, &events.ServerSaved{Server: events.Server{Name: n, Address: n, Port: 22, Method: "ssh", Active: true}})
+	}
+	if _, err := s.Append(context.Background(), u); err != nil {
+		t.Fatal(err)
+	}
+	p.stop(t, "http", "nats-server")
+
+	// Same data directory: the events are still there.
+	p = startUp(t, "--data", dir, "--nats-listen", "127.0.0.1:0")
+	p.waitReady(t)
+	s, _ = connect(t, p.nats)
+	h, err := s.Load(context.Background(), events.Aggregate{Type: events.AggServer, ID: "web1.example.com"})
+	if err != nil || len(h.Events) != 1 || h.Events[0].Unit != u.ID {
+		t.Fatalf("after restart: %+v, %v", h, err)
+	}
+	p.stop(t, "http", "nats-server")
+}
+
+func TestUpJoinsExistingNATS(t *testing.T) {
+	env := natstest.StartAt(t, natsserver.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err := env.JS.DeleteStream(context.Background(), events.StreamEvents); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	p := startUp(t, "--data", dir, "--nats", env.Server.ClientURL())
+	p.waitReady(t)
+	if p.nats != env.Server.ClientURL() {
+		t.Fatalf("startup line says nats=%s, want %s", p.nats, env.Server.ClientURL())
+	}
+	if _, err := env.JS.Stream(context.Background(), events.StreamEvents); err != nil {
+		t.Fatalf("up --nats did not provision EVENTS on the existing server: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "jetstream")); !os.IsNotExist(err) {
+		t.Fatalf("up --nats started an embedded JetStream store in %s", dir)
+	}
+	p.stop(t, "http")
+	if strings.Contains(p.logs.String(), "stopping nats-server") {
+		t.Fatal("up --nats stopped a nats-server it does not own")
+	}
+}
+
+func TestUpRefusesBadFlags(t *testing.T) {
+	out, err := exec.Command(binary, "up", "--fsync", "sometimes", "--http", "nowhere", "--replicas", "2").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Fatalf("exit = %v, want status 2\n%s", err, out)
+	}
+	for _, want := range []string{"--fsync", "--http", "--replicas"} {
+		if !bytes.Contains(out, []byte(want)) {
+			t.Errorf("error output does not name %s:\n%s", want, out)
+		}
+	}
+}
