@@ -5,13 +5,11 @@ package gateway
 
 import (
 	"encoding/json"
-	"log/slog"
 	"net/http"
 )
 
 // Config of the HTTP handler.
 type Config struct {
-	Logger *slog.Logger
 	// Ready is closed once the process can serve: the streams exist.
 	Ready <-chan struct{}
 	// Metrics serves /metrics (Prometheus exposition format).
@@ -20,9 +18,6 @@ type Config struct {
 
 // NewHandler returns the HTTP handler of `orchestra up`.
 func NewHandler(cfg Config) http.Handler {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

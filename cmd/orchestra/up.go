@@ -156,7 +156,7 @@ func up(ctx context.Context, c upConfig, log *slog.Logger) error {
 		return fmt.Errorf("--http: %w", err)
 	}
 	httpSrv := &http.Server{
-		Handler:           gateway.NewHandler(gateway.Config{Logger: log, Ready: ready, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}),
+		Handler:           gateway.NewHandler(gateway.Config{Ready: ready, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 
