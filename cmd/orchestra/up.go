@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -109,6 +110,13 @@ func parseLevel(s string) (slog.Level, error) {
 // up runs everything until a signal, then stops it in order: HTTP first,
 // so no request is cut off mid-write, then NATS, which flushes JetStream.
 func up(ctx context.Context, c upConfig, log *slog.Logger) error {
+	// Signals stay caught until up returns: a second SIGINT or SIGTERM
+	// (a terminal's Ctrl-C reaches `go run` and this process both) must not
+	// kill the process halfway through its graceful stop.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
 	dataDir, err := filepath.Abs(c.DataDir)
 	if err != nil {
 		return err
@@ -161,7 +169,17 @@ func up(ctx context.Context, c upConfig, log *slog.Logger) error {
 	}
 
 	var g run.Group
-	g.Add(run.SignalHandler(ctx, os.Interrupt, syscall.SIGTERM))
+	{ // signals
+		sctx, cancel := context.WithCancel(ctx)
+		g.Add(func() error {
+			select {
+			case sig := <-sigs:
+				return stopSignal{sig}
+			case <-sctx.Done():
+				return sctx.Err()
+			}
+		}, func(error) { cancel() })
+	}
 	{ // streams: provisioned once NATS answers; then the process is ready
 		pctx, cancel := context.WithCancel(ctx)
 		g.Add(func() error {
@@ -205,12 +223,18 @@ func up(ctx context.Context, c upConfig, log *slog.Logger) error {
 	log.Info("orchestra up", "http", "http://"+ln.Addr().String(), "nats", natsURL, "embedded_nats", srv != nil,
 		"data", dataDir, "fsync", c.Fsync, "replicas", c.Replicas)
 	err = g.Run()
-	if errors.Is(err, run.ErrSignal) {
-		log.Info("shutting down", "reason", err.Error())
+	var sig stopSignal
+	if errors.As(err, &sig) {
+		log.Info("stopped", "signal", sig.String())
 		return nil
 	}
 	return err
 }
+
+// stopSignal ends the run group when SIGINT or SIGTERM arrives.
+type stopSignal struct{ os.Signal }
+
+func (s stopSignal) Error() string { return "received " + s.String() }
 
 // provision creates the streams, retrying while NATS is unreachable, until
 // it succeeds or ctx ends (then it returns ctx's error).

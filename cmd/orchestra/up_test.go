@@ -6,11 +6,13 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -50,7 +52,15 @@ type process struct {
 	nats     string
 	exited   chan error
 	logsDone chan struct{}
+	mu       sync.Mutex
 	logs     *bytes.Buffer
+}
+
+// logged reports whether the process has logged s so far.
+func (p *process) logged(s string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Contains(p.logs.String(), s)
 }
 
 // startUp runs `orchestra up` with args and waits for its startup line.
@@ -89,7 +99,9 @@ func startUp(t *testing.T, args ...string) *process {
 	p.logsDone = make(chan struct{})
 	go func() {
 		for l := range lines {
+			p.mu.Lock()
 			p.logs.WriteString(l + "\n")
+			p.mu.Unlock()
 		}
 		close(p.logsDone)
 	}()
@@ -132,9 +144,19 @@ func (p *process) waitReady(t *testing.T) {
 // graceful-stop contract, logging each component it stops.
 func (p *process) stop(t *testing.T, components ...string) {
 	t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	p.signal(t, syscall.SIGTERM)
+	p.waitStopped(t, components...)
+}
+
+func (p *process) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func (p *process) waitStopped(t *testing.T, components ...string) {
+	t.Helper()
 	select {
 	case err := <-p.exited:
 		if err != nil {
@@ -145,7 +167,7 @@ func (p *process) stop(t *testing.T, components ...string) {
 	}
 	<-p.logsDone
 	for _, c := range components {
-		if want := "stopping " + c; !strings.Contains(p.logs.String(), want) {
+		if want := "stopping " + c; !p.logged(want) {
 			t.Errorf("shutdown log lacks %q:\n%s", want, p.logs)
 		}
 	}
@@ -211,6 +233,32 @@ func TestUpServesStopsAndKeepsEvents(t *testing.T) {
 		t.Fatalf("after restart: %+v, %v", h, err)
 	}
 	p.stop(t, "http", "nats-server")
+}
+
+// A second signal during the graceful stop (Ctrl-C under `go run` delivers
+// two) must not cut the stop short.
+func TestUpSurvivesRepeatedSignals(t *testing.T) {
+	p := startUp(t, "--data", t.TempDir(), "--nats-listen", "127.0.0.1:0")
+	p.waitReady(t)
+	// A request whose headers are still arriving keeps the HTTP drain
+	// busy, so the second signal lands in the middle of the stop.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(p.http, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // let the server read the first bytes
+	p.signal(t, syscall.SIGINT)
+	for deadline := time.Now().Add(30 * time.Second); !p.logged("stopping http"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no \"stopping http\" within 30s of SIGINT")
+		}
+	}
+	p.signal(t, syscall.SIGTERM)
+	p.waitStopped(t, "http", "nats-server")
 }
 
 func TestUpJoinsExistingNATS(t *testing.T) {
