@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"log/slog"
 	"strconv"
 	"time"
 
@@ -49,7 +48,6 @@ type Config struct {
 	// refusal (another batch holding one of its aggregates, too many open
 	// batches). Default 8.
 	Retries int
-	Logger  *slog.Logger
 }
 
 // Store is the JetStream event store.
@@ -59,7 +57,6 @@ type Store struct {
 	reg     *events.Registry
 	maxUnit int
 	retries int
-	log     *slog.Logger
 }
 
 var _ services.EventStore = (*Store)(nil)
@@ -76,14 +73,11 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Retries <= 0 {
 		cfg.Retries = 8
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
 	st, err := cfg.JetStream.Stream(ctx, events.StreamEvents)
 	if err != nil {
 		return nil, fmt.Errorf("eventstore: open stream %s: %w", events.StreamEvents, err)
 	}
-	return &Store{js: cfg.JetStream, stream: st, reg: cfg.Registry, maxUnit: cfg.MaxUnitEvents, retries: cfg.Retries, log: cfg.Logger}, nil
+	return &Store{js: cfg.JetStream, stream: st, reg: cfg.Registry, maxUnit: cfg.MaxUnitEvents, retries: cfg.Retries}, nil
 }
 
 // Append commits u atomically. See services.EventStore.
