@@ -9,6 +9,7 @@ func Catalog() []Payload {
 		&BackendSaved{}, &BackendDeleted{},
 		&RouteSaved{}, &RouteDeleted{},
 		&ResourceSaved{}, &ResourceDeleted{},
+		&TokenCreated{}, &TokenRevoked{},
 	}
 }
 
@@ -18,4 +19,5 @@ const (
 	AggBackend  = "backend"
 	AggRoute    = "route"
 	AggResource = "resource"
+	AggToken    = "token"
 )

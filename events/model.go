@@ -119,3 +119,20 @@ type ResourceDeleted struct {
 }
 
 func (ResourceDeleted) EventType() Type { return Type{"ResourceDeleted", 1} }
+
+// TokenCreated: an API token was issued. Only the SHA-256 of the token is
+// kept; the token itself is shown once to whoever created it.
+type TokenCreated struct {
+	Name string `json:"name"`
+	Role string `json:"role"` // admin | operator | viewer
+	Hash string `json:"hash"` // hex SHA-256 of the token
+}
+
+func (TokenCreated) EventType() Type { return Type{"TokenCreated", 1} }
+
+// TokenRevoked: an API token stopped being accepted.
+type TokenRevoked struct {
+	Name string `json:"name"`
+}
+
+func (TokenRevoked) EventType() Type { return Type{"TokenRevoked", 1} }

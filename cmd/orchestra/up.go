@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -156,15 +157,32 @@ func up(ctx context.Context, c upConfig, log *slog.Logger) error {
 		return err
 	}
 
+	sealer, db, err := openLocal(dataDir)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ready := make(chan struct{})
+	gw := gateway.Config{Ready: ready, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}
+	// Until the write model has caught up, a start-up handler answers
+	// health checks and 503 for the API; then the API takes its place.
+	var handler atomic.Pointer[http.Handler]
+	starting, err := gateway.NewHandler(gw)
+	if err != nil {
+		return err
+	}
+	handler.Store(&starting)
 	ln, err := net.Listen("tcp", c.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("--http: %w", err)
 	}
 	httpSrv := &http.Server{
-		Handler:           gateway.NewHandler(gateway.Config{Ready: ready, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}),
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			(*handler.Load()).ServeHTTP(w, r)
+		}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 
@@ -180,17 +198,25 @@ func up(ctx context.Context, c upConfig, log *slog.Logger) error {
 			}
 		}, func(error) { cancel() })
 	}
-	{ // streams: provisioned once NATS answers; then the process is ready
+	{ // core: streams provisioned once NATS answers, the write model caught
+		// up, the API in place; then the process is ready and follows the log
 		pctx, cancel := context.WithCancel(ctx)
 		g.Add(func() error {
 			if err := provision(pctx, js, c, log); err != nil {
 				return nil // interrupted before NATS answered
 			}
+			core, err := startCore(pctx, js, dataDir, db, sealer, &handler, gw, log)
+			if err != nil {
+				if pctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
 			close(ready)
-			log.Info("ready", "streams", []string{"EVENTS", "EXEC", "RESULTS", "LOGS"})
-			<-pctx.Done()
-			return nil
+			log.Info("ready", "streams", []string{"EVENTS", "EXEC", "RESULTS", "LOGS"}, "seq", core.svc.Seq())
+			return core.run(pctx)
 		}, func(error) {
+			log.Info("stopping core")
 			cancel()
 		})
 	}

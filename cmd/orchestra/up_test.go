@@ -54,6 +54,7 @@ type process struct {
 	logsDone chan struct{}
 	mu       sync.Mutex
 	logs     *bytes.Buffer
+	token    string // sent on every request once set
 }
 
 // logged reports whether the process has logged s so far.
@@ -119,7 +120,14 @@ func startUp(t *testing.T, args ...string) *process {
 
 func (p *process) get(t *testing.T, path string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(p.http + path)
+	req, err := http.NewRequest("GET", p.http+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.token != "" {
+		req.Header.Set("Authorization", "Bearer "+p.token)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}
@@ -173,6 +181,24 @@ func (p *process) waitStopped(t *testing.T, components ...string) {
 	}
 }
 
+// adminToken reads the token the first `up` wrote, checking it is private.
+func adminToken(t *testing.T, dataDir string) string {
+	t.Helper()
+	path := filepath.Join(dataDir, "admin.token")
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatalf("no admin token file: %v", err)
+	}
+	if info.Mode().Perm() != 0o600 {
+		t.Fatalf("%s has mode %v, want 0600", path, info.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
 func connect(t *testing.T, url string) (*eventstore.Store, jetstream.JetStream) {
 	t.Helper()
 	nc, err := nats.Connect(url)
@@ -203,6 +229,10 @@ func TestUpServesStopsAndKeepsEvents(t *testing.T) {
 	if code, body := p.get(t, "/healthz"); code != 200 || !strings.Contains(body, `"ok"`) {
 		t.Fatalf("/healthz = %d %s", code, body)
 	}
+	if code, _ := p.get(t, "/metrics"); code != 401 {
+		t.Fatalf("/metrics without a token = %d, want 401", code)
+	}
+	p.token = adminToken(t, dir)
 	if code, body := p.get(t, "/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {
 		t.Fatalf("/metrics = %d, no go_goroutines", code)
 	}

@@ -14,41 +14,14 @@ import (
 	"github.com/synadia-io/orbit.go/jetstreamext"
 
 	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/infra/benchpair"
 	"github.com/orchestra-fleet/orchestra/infra/natsserver"
 	"github.com/orchestra-fleet/orchestra/infra/natstest"
 	"github.com/orchestra-fleet/orchestra/services"
 )
 
-// Every benchmark here measures Orchestra's operation and the raw JetStream
-// operation it stands on in the same run, interleaved in blocks so both see
-// the same machine, and reports:
-//
-//	orchestra-ns/op  the Orchestra operation
-//	raw-ns/op        the raw JetStream operation
-//	%raw             Orchestra's throughput as a percentage of raw
-//
-// (ns/op counts both halves and is not meaningful on its own.)
-
-type pair struct{ raw, ours time.Duration }
-
-func (p *pair) block(n int, raw, ours func()) {
-	t0 := time.Now()
-	for range n {
-		raw()
-	}
-	t1 := time.Now()
-	for range n {
-		ours()
-	}
-	p.raw += t1.Sub(t0)
-	p.ours += time.Since(t1)
-}
-
-func (p *pair) report(b *testing.B, ops int) {
-	b.ReportMetric(float64(p.ours.Nanoseconds())/float64(ops), "orchestra-ns/op")
-	b.ReportMetric(float64(p.raw.Nanoseconds())/float64(ops), "raw-ns/op")
-	b.ReportMetric(100*float64(p.raw)/float64(p.ours), "%raw")
-}
+// Every benchmark here pairs Orchestra's operation with the raw JetStream
+// operation under it; see infra/benchpair for the metrics.
 
 func payload(name string) *events.ServerSaved {
 	return &events.ServerSaved{Server: events.Server{Name: name, Address: name, Port: 22, Method: "ssh", Active: true}, Changed: []string{"port"}}
@@ -91,11 +64,11 @@ func benchAppendOneEvent(b *testing.B, env *natstest.Env) {
 	ctx := context.Background()
 	agg := events.Aggregate{Type: events.AggServer, ID: "bench"}
 	var version, rawVersion uint64
-	var p pair
+	var p benchpair.Pair
 	const block = 64
 	for done := 0; done < b.N; done += block {
 		n := min(block, b.N-done)
-		p.block(n, func() {
+		p.Block(n, func() {
 			ack, err := env.JS.PublishMsg(ctx, rawMsg(b, "orchestra.evt.raw.bench.Saved", "orchestra.evt.raw.bench.>", rawVersion, "bench"))
 			if err != nil {
 				b.Fatal(err)
@@ -117,7 +90,7 @@ func benchAppendOneEvent(b *testing.B, env *natstest.Env) {
 			version = a.Last
 		})
 	}
-	p.report(b, b.N)
+	p.Report(b, b.N)
 }
 
 // BenchmarkAppendUnit: units of 3 and 100 events, each on its own new
@@ -128,12 +101,12 @@ func BenchmarkAppendUnit(b *testing.B) {
 			fsyncModes(b, func(b *testing.B, env *natstest.Env) {
 				s := newStore(b, env)
 				ctx := context.Background()
-				var p pair
+				var p benchpair.Pair
 				seq := 0
 				const block = 8
 				for done := 0; done < b.N; done += block {
 					n := min(block, b.N-done)
-					p.block(n, func() {
+					p.Block(n, func() {
 						msgs := make([]*nats.Msg, size)
 						for i := range msgs {
 							seq++
@@ -161,7 +134,7 @@ func BenchmarkAppendUnit(b *testing.B) {
 						}
 					})
 				}
-				p.report(b, b.N)
+				p.Report(b, b.N)
 			})
 		})
 	}
@@ -185,9 +158,9 @@ func BenchmarkReplay(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	var p pair
+	var p benchpair.Pair
 	b.ResetTimer()
-	p.block(b.N, func() {
+	p.Block(b.N, func() {
 		cons, err := env.JS.OrderedConsumer(ctx, events.StreamEvents, jetstream.OrderedConsumerConfig{})
 		if err != nil {
 			b.Fatal(err)
@@ -214,7 +187,7 @@ func BenchmarkReplay(b *testing.B) {
 			b.Fatalf("replayed %d of %d", n, total)
 		}
 	})
-	p.report(b, b.N*total)
-	b.ReportMetric(float64(b.N*total)/p.ours.Seconds(), "orchestra-events/s")
-	b.ReportMetric(float64(b.N*total)/p.raw.Seconds(), "raw-events/s")
+	p.Report(b, b.N*total)
+	b.ReportMetric(float64(b.N*total)/p.Ours.Seconds(), "orchestra-events/s")
+	b.ReportMetric(float64(b.N*total)/p.Raw.Seconds(), "raw-events/s")
 }

@@ -345,6 +345,58 @@ func (s *Store) read(ctx context.Context, filter string, from, last uint64) iter
 	}
 }
 
+// Follow calls fn with every event from sequence from on, in order, in
+// batches: a batch ends where the consumer has nothing more pending or at
+// maxFollowBatch events. It follows the log live until ctx ends or fn fails,
+// and returns that error (ctx's error when ctx ended).
+func (s *Store) Follow(ctx context.Context, from uint64, fn func([]events.Envelope) error) error {
+	if from == 0 {
+		from = 1
+	}
+	cons, err := s.js.OrderedConsumer(ctx, events.StreamEvents, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{events.SubjectEvents},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    from,
+	})
+	if err != nil {
+		return fmt.Errorf("follow events: %w", err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(maxFollowBatch))
+	if err != nil {
+		return fmt.Errorf("follow events: %w", err)
+	}
+	defer it.Stop()
+	batch := make([]events.Envelope, 0, maxFollowBatch)
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("follow events: %w", err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return fmt.Errorf("follow events: %w", err)
+		}
+		e, err := s.reg.Decode(events.Message{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
+		if err != nil {
+			return fmt.Errorf("follow events: event at sequence %d: %w", meta.Sequence.Stream, err)
+		}
+		e.Sequence = meta.Sequence.Stream
+		batch = append(batch, e)
+		if meta.NumPending == 0 || len(batch) == maxFollowBatch {
+			if err := fn(batch); err != nil {
+				return err
+			}
+			batch = batch[:0]
+		}
+	}
+}
+
+// maxFollowBatch bounds a Follow batch, and so a read model transaction.
+const maxFollowBatch = 500
+
 // replayBuffer sizes the consumer's pre-fetch to the work: small reads do
 // not pull more than they need, long replays keep the pipe full.
 func replayBuffer(n uint64) int {

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+
+	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
+)
+
+// maxApplyFile bounds an apply file.
+const maxApplyFile = 8 << 20
+
+// document is one document of an apply file: its JSON form, and where it
+// starts, for messages.
+type document struct {
+	JSON json.RawMessage
+	Line int
+	Kind string
+	Name string
+}
+
+// parseApplyFile reads a multi-document YAML file into JSON documents. Empty
+// documents are skipped; anything else that is not a mapping is refused,
+// naming the document and its line.
+func parseApplyFile(data []byte) ([]document, error) {
+	if len(data) > maxApplyFile {
+		return nil, fmt.Errorf("the file is %d bytes; the limit is %d", len(data), maxApplyFile)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var docs []document
+	for n := 1; ; n++ {
+		var node yaml.Node
+		err := dec.Decode(&node)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("document %d: %s", n, yamlMessage(err))
+		}
+		if len(node.Content) == 0 || (node.Content[0].Kind == yaml.ScalarNode && node.Content[0].Tag == "!!null") {
+			n--
+			continue
+		}
+		root := node.Content[0]
+		if root.Kind != yaml.MappingNode {
+			return nil, fmt.Errorf("document %d (line %d): must be a mapping with a kind (Server, Backend, Route, Resource)", n, root.Line)
+		}
+		var v any
+		if err := root.Decode(&v); err != nil {
+			return nil, fmt.Errorf("document %d (line %d): %s", n, root.Line, yamlMessage(err))
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return nil, fmt.Errorf("document %d (line %d): cannot be expressed as JSON (keys must be strings): %v", n, root.Line, err)
+		}
+		var id struct {
+			Kind, Name, Type, Backend, Server string
+		}
+		_ = json.Unmarshal(b, &id) // best effort, for messages only
+		name := id.Name
+		switch {
+		case id.Kind == "Route":
+			name = id.Backend + "@" + id.Server
+		case id.Kind == "Resource":
+			name = id.Type + "/" + id.Name
+		}
+		docs = append(docs, document{JSON: b, Line: root.Line, Kind: id.Kind, Name: name})
+	}
+	if len(docs) == 0 {
+		return nil, errors.New("the file holds no documents")
+	}
+	return docs, nil
+}
+
+// yamlMessage drops the package prefix from a YAML error.
+func yamlMessage(err error) string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) && len(te.Errors) > 0 {
+		return te.Errors[0]
+	}
+	msg := err.Error()
+	if len(msg) > 6 && msg[:6] == "yaml: " {
+		msg = msg[6:]
+	}
+	return msg
+}
+
+var objectIndex = regexp.MustCompile(`^objects\[(\d+)\]\.?`)
+
+// locate rewrites an API error about objects[i] to name the file, the
+// document and its line.
+func locate(file string, docs []document, err error) error {
+	var ae *apiError
+	if !errors.As(err, &ae) {
+		return err
+	}
+	m := objectIndex.FindStringSubmatch(ae.Field)
+	if m == nil {
+		return err
+	}
+	i, _ := strconv.Atoi(m[1])
+	if i >= len(docs) {
+		return err
+	}
+	out := *ae
+	out.Field = ae.Field[len(m[0]):]
+	return fmt.Errorf("%s:%d: document %d: %w", file, docs[i].Line, i+1, &out)
+}
+
+func newApplyCommand() *cobra.Command {
+	var file, output string
+	cmd := &cobra.Command{
+		Use:   "apply -f FILE",
+		Short: "Save and delete the objects of a YAML file as one unit of work",
+		Long: "Apply a multi-document YAML file (kind: Server | Backend | Route | Resource; delete: true removes an object).\n" +
+			"The whole file is one unit of work: every change is written, or none is. Use -f - for standard input.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				return usageError{errors.New("-f: the file to apply is required")}
+			}
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			var data []byte
+			var err error
+			if file == "-" {
+				data, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), maxApplyFile+1))
+			} else {
+				data, err = os.ReadFile(file)
+			}
+			if err != nil {
+				return err
+			}
+			docs, err := parseApplyFile(data)
+			if err != nil {
+				return fmt.Errorf("%s: %w", file, err)
+			}
+			c, err := newClient()
+			if err != nil {
+				return err
+			}
+			body := struct {
+				Objects []json.RawMessage `json:"objects"`
+			}{}
+			for _, d := range docs {
+				body.Objects = append(body.Objects, d.JSON)
+			}
+			var res struct {
+				Unit     string `json:"unit"`
+				Sequence uint64 `json:"sequence"`
+				Objects  []struct {
+					Kind    string   `json:"kind"`
+					Name    string   `json:"name"`
+					Result  string   `json:"result"`
+					Version uint64   `json:"version"`
+					Changed []string `json:"changed"`
+				} `json:"objects"`
+			}
+			if err := c.do(cmd.Context(), "POST", "/v1/apply", body, &res); err != nil {
+				return locate(file, docs, err)
+			}
+			if output != "table" {
+				return printData(cmd.OutOrStdout(), output, res)
+			}
+			w := cmd.OutOrStdout()
+			for _, o := range res.Objects {
+				fmt.Fprintf(w, "%s %s %s\n", o.Kind, o.Name, o.Result)
+			}
+			if res.Unit != "" {
+				fmt.Fprintf(w, "unit %s committed at sequence %d\n", res.Unit, res.Sequence)
+			} else {
+				fmt.Fprintln(w, "nothing changed")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "YAML file to apply (- for standard input)")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, json or yaml")
+	return cmd
+}

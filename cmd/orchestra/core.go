@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/gateway"
+	"github.com/orchestra-fleet/orchestra/infra/eventstore"
+	"github.com/orchestra-fleet/orchestra/infra/files"
+	"github.com/orchestra-fleet/orchestra/infra/routeexpr"
+	"github.com/orchestra-fleet/orchestra/infra/secrets"
+	"github.com/orchestra-fleet/orchestra/infra/sqlite"
+	"github.com/orchestra-fleet/orchestra/projections"
+	"github.com/orchestra-fleet/orchestra/services"
+)
+
+// Files of the data directory besides the JetStream store.
+const (
+	adminTokenFile = "admin.token" // the first admin token, 0600
+	secretKeyFile  = "secret.key"  // the key that seals resource secrets, 0600
+	modelDBFile    = "model.db"    // the SQLite read models
+)
+
+// core is the write side, the read model and the API of one process.
+type core struct {
+	svc    *services.Service
+	store  *eventstore.Store
+	runner *projections.Runner
+}
+
+// startCore opens the event store, catches the write model up with the log,
+// issues the first admin token when there is none, and puts the API in
+// place of the start-up handler.
+func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *sqlite.DB, sealer services.Sealer,
+	handler *atomic.Pointer[http.Handler], gw gateway.Config, log *slog.Logger) (*core, error) {
+	reg, err := events.NewRegistry(events.Catalog()...)
+	if err != nil {
+		return nil, err
+	}
+	store, err := eventstore.New(ctx, eventstore.Config{JetStream: js, Registry: reg})
+	if err != nil {
+		return nil, err
+	}
+	svc, err := services.New(services.Config{Store: store, Registry: reg, Compiler: routeexpr.Compiler{}, Sealer: sealer})
+	if err != nil {
+		return nil, err
+	}
+	if err := svc.Sync(ctx); err != nil {
+		return nil, err
+	}
+	if err := bootstrapToken(ctx, svc, filepath.Join(dataDir, adminTokenFile), log); err != nil {
+		return nil, err
+	}
+	c := &core{svc: svc, store: store, runner: projections.NewRunner(projections.NewModel(reg), db, store)}
+	gw.Service, gw.Rows, gw.Model, gw.Idempotency, gw.Logger = svc, db, c.runner, db, log
+	h, err := gateway.NewHandler(gw)
+	if err != nil {
+		return nil, err
+	}
+	handler.Store(&h)
+	return c, nil
+}
+
+// run keeps the write model and the read model following the log until ctx
+// ends or one of them fails.
+func (c *core) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 2)
+	go func() {
+		errs <- c.store.Follow(ctx, c.svc.Seq()+1, func(batch []events.Envelope) error {
+			for _, e := range batch {
+				if err := c.svc.Observe(e); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}()
+	go func() { errs <- c.runner.Run(ctx) }()
+	err := <-errs
+	cancel()
+	<-errs
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// bootstrapToken issues the first admin token when the log has no admin
+// token, and writes it to path (0600). Either way the log says where the
+// token file is.
+func bootstrapToken(ctx context.Context, svc *services.Service, path string, log *slog.Logger) error {
+	res, err := svc.Bootstrap(ctx)
+	if err != nil {
+		return fmt.Errorf("first admin token: %w", err)
+	}
+	if res.Token == "" {
+		if _, err := os.Stat(path); err == nil {
+			log.Info("admin token", "file", path)
+		}
+		return nil
+	}
+	if err := files.WriteAtomic(path, []byte(res.Token+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write admin token: %w", err)
+	}
+	log.Info("admin token written; keep it safe", "file", path, "name", res.Name)
+	return nil
+}
+
+// openLocal opens what lives in the data directory beside JetStream: the
+// secret key and the read-model database.
+func openLocal(dataDir string) (*secrets.Sealer, *sqlite.DB, error) {
+	sealer, err := secrets.LoadOrCreate(filepath.Join(dataDir, secretKeyFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	db, err := sqlite.Open(filepath.Join(dataDir, modelDBFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	return sealer, db, nil
+}

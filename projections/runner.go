@@ -1,0 +1,137 @@
+package projections
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/orchestra-fleet/orchestra/events"
+)
+
+// Row is one document of a read model. Projections return rows; a Store
+// keeps them.
+type Row struct {
+	Table   string
+	Key     string
+	Group   string // a second key rows are listed by (a resource's type); may be empty
+	Version uint64 // stream sequence of the event that wrote the row
+	Doc     json.RawMessage
+	Deleted bool // remove the row instead of writing Doc
+}
+
+// Projection is a pure fold of the log into rows: no I/O, time only from the
+// event.
+type Projection interface {
+	// Name identifies the projection's checkpoint.
+	Name() string
+	// Apply returns the row changes e causes, nil for events it ignores.
+	Apply(e events.Envelope) ([]Row, error)
+}
+
+// ErrNotFound is returned by Store.Get for a key it does not hold.
+var ErrNotFound = errors.New("not found")
+
+// Query selects rows of one table, in key order, after a key.
+type Query struct {
+	Table string
+	Group string // "" = every group
+	After string // "" = from the first key
+	Limit int
+}
+
+// Store keeps read-model rows and each projection's checkpoint.
+// infra/sqlite implements it; projectionstest is its acceptance suite.
+type Store interface {
+	// Checkpoint is the stream sequence projection has reached, 0 if none.
+	Checkpoint(ctx context.Context, projection string) (uint64, error)
+	// Commit writes rows and moves projection's checkpoint to seq, in one
+	// transaction. A seq at or below the checkpoint is refused: the rows
+	// were committed before.
+	Commit(ctx context.Context, projection string, seq uint64, rows []Row) error
+	Get(ctx context.Context, table, key string) (Row, error)
+	List(ctx context.Context, q Query) ([]Row, error)
+}
+
+// Source feeds a projection the log live, from a sequence on, in batches.
+// The batch slice is reused between calls.
+type Source interface {
+	Follow(ctx context.Context, from uint64, fn func([]events.Envelope) error) error
+}
+
+// Runner keeps one projection's read model up to date: it follows the log
+// from the checkpoint and commits each batch's rows with the batch's last
+// sequence.
+type Runner struct {
+	proj  Projection
+	store Store
+	src   Source
+
+	mu      sync.Mutex
+	seq     uint64
+	advance chan struct{} // closed and replaced whenever seq moves
+}
+
+// NewRunner returns a runner for proj.
+func NewRunner(proj Projection, store Store, src Source) *Runner {
+	return &Runner{proj: proj, store: store, src: src, advance: make(chan struct{})}
+}
+
+// Run follows the log until ctx ends or a batch cannot be applied.
+func (r *Runner) Run(ctx context.Context) error {
+	from, err := r.store.Checkpoint(ctx, r.proj.Name())
+	if err != nil {
+		return fmt.Errorf("projection %s: %w", r.proj.Name(), err)
+	}
+	r.moved(from)
+	var rows []Row
+	return r.src.Follow(ctx, from+1, func(batch []events.Envelope) error {
+		rows = rows[:0]
+		for _, e := range batch {
+			out, err := r.proj.Apply(e)
+			if err != nil {
+				return fmt.Errorf("projection %s: event %d: %w", r.proj.Name(), e.Sequence, err)
+			}
+			rows = append(rows, out...)
+		}
+		last := batch[len(batch)-1].Sequence
+		if err := r.store.Commit(ctx, r.proj.Name(), last, rows); err != nil {
+			return fmt.Errorf("projection %s: commit %d: %w", r.proj.Name(), last, err)
+		}
+		r.moved(last)
+		return nil
+	})
+}
+
+func (r *Runner) moved(seq uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seq = seq
+	close(r.advance)
+	r.advance = make(chan struct{})
+}
+
+// Seq is the sequence the read model has reached.
+func (r *Runner) Seq() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.seq
+}
+
+// WaitFor returns once the read model has reached seq, or ctx's error.
+func (r *Runner) WaitFor(ctx context.Context, seq uint64) error {
+	for {
+		r.mu.Lock()
+		reached, advance := r.seq >= seq, r.advance
+		r.mu.Unlock()
+		if reached {
+			return nil
+		}
+		select {
+		case <-advance:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

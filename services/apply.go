@@ -1,0 +1,427 @@
+package services
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/orchestra-fleet/orchestra/events"
+)
+
+// MaxObjects bounds one apply: it is one unit of work, and a unit holds at
+// most this many events.
+const MaxObjects = 1000
+
+// ApplyRequest is one unit of work: objects to save or delete together.
+type ApplyRequest struct {
+	Objects []Object
+	// Single makes errors name fields as in a single-object document
+	// ("match") instead of a list ("objects[3].match").
+	Single        bool
+	CorrelationID string
+}
+
+// ApplyResult says what a unit of work did.
+type ApplyResult struct {
+	// Unit is the unit's id; empty when nothing changed.
+	Unit string `json:"unit,omitempty"`
+	// Sequence is the stream sequence after the change (the unit's last
+	// event, or the write model's position when nothing changed). Reads
+	// that pass it see the change.
+	Sequence uint64         `json:"sequence"`
+	Objects  []ObjectResult `json:"objects"`
+}
+
+// ObjectResult is what happened to one object of an apply.
+type ObjectResult struct {
+	Kind    string   `json:"kind"`
+	Name    string   `json:"name"`
+	Result  string   `json:"result"` // created | configured | unchanged | deleted | absent
+	Version uint64   `json:"version"`
+	Changed []string `json:"changed,omitempty"`
+}
+
+// Results of an object in an apply.
+const (
+	Created    = "created"
+	Configured = "configured"
+	Unchanged  = "unchanged"
+	Deleted    = "deleted"
+	Absent     = "absent"
+)
+
+// DecodeApply decodes a POST /v1/apply body: {"objects": [document, …]}.
+func DecodeApply(data []byte) (ApplyRequest, error) {
+	var body struct {
+		Objects []json.RawMessage `json:"objects"`
+	}
+	if err := decodeStrict(data, &body); err != nil {
+		return ApplyRequest{}, err
+	}
+	if len(body.Objects) > MaxObjects {
+		return ApplyRequest{}, FieldErrorf(ETOOLARGE, "objects", "has %d objects; one apply holds at most %d", len(body.Objects), MaxObjects)
+	}
+	req := ApplyRequest{Objects: make([]Object, len(body.Objects))}
+	for i, raw := range body.Objects {
+		o, err := DecodeObject(raw)
+		if err != nil {
+			return ApplyRequest{}, at(i, false, Ref{}, err)
+		}
+		req.Objects[i] = o
+	}
+	return req, nil
+}
+
+// at places err, about object i, in the request: its field gains the
+// objects[i] prefix (unless single) and its message names the object.
+func at(i int, single bool, ref Ref, err error) error {
+	var e *Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	out := *e
+	if !single {
+		out.Field = strings.TrimSuffix(fmt.Sprintf("objects[%d].%s", i, e.Field), ".")
+	}
+	if ref.Name != "" {
+		out.Message = ref.String() + ": " + e.Message
+	}
+	return &out
+}
+
+// Apply saves and deletes req's objects as one unit of work, all or nothing.
+// An object equal to what is stored writes no event; a unit with no event is
+// not appended.
+func (s *Service) Apply(ctx context.Context, p Principal, req ApplyRequest) (ApplyResult, error) {
+	if len(req.Objects) == 0 {
+		return ApplyResult{}, FieldErrorf(EINVALID, "objects", "is empty: nothing to apply")
+	}
+	if len(req.Objects) > MaxObjects {
+		return ApplyResult{}, FieldErrorf(ETOOLARGE, "objects", "has %d objects; one apply holds at most %d", len(req.Objects), MaxObjects)
+	}
+	drafts, err := s.prepare(p, req)
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	return serialized(ctx, s, func() (ApplyResult, error) { return s.applyOnce(ctx, p, req, drafts) })
+}
+
+// draft is one object of an apply after the checks that need no state.
+type draft struct {
+	obj      Object
+	ref      Ref
+	server   events.Server
+	backend  events.Backend
+	route    events.Route
+	resource resourceDraft
+}
+
+// prepare validates every object on its own and checks the caller may change
+// it and that no object appears twice.
+func (s *Service) prepare(p Principal, req ApplyRequest) ([]draft, error) {
+	drafts := make([]draft, len(req.Objects))
+	seen := make(map[Ref]int, len(req.Objects))
+	for i, o := range req.Objects {
+		d, err := s.normalize(o)
+		if err != nil {
+			return nil, at(i, req.Single, namedRef(o), err)
+		}
+		if need := roleToChange(d.ref.Kind); !p.Can(need) {
+			return nil, at(i, req.Single, d.ref, Errorf(EFORBIDDEN, "changing a %s needs the %s role; this token (%s) is %s", d.ref.Kind, need, p.Name, p.Role))
+		}
+		if j, dup := seen[d.ref]; dup {
+			return nil, at(i, req.Single, d.ref, Errorf(EINVALID, "appears twice in one apply (also objects[%d])", j))
+		}
+		seen[d.ref] = i
+		drafts[i] = d
+	}
+	return drafts, nil
+}
+
+// normalize validates one object. A deletion needs only the fields that
+// name the object.
+func (s *Service) normalize(o Object) (draft, error) {
+	d := draft{obj: o}
+	var err error
+	switch {
+	case o.Server != nil && o.Delete:
+		err = validateName("name", o.Server.Name)
+	case o.Server != nil:
+		d.server, err = o.Server.normalize()
+	case o.Backend != nil && o.Delete:
+		err = validateIdent("name", o.Backend.Name)
+	case o.Backend != nil:
+		d.backend, err = o.Backend.normalize(s.cfg.Compiler)
+	case o.Route != nil && o.Delete:
+		_, _, err = ParseRouteName(RouteName(o.Route.Backend, o.Route.Server))
+	case o.Route != nil:
+		d.route, err = o.Route.normalize(s.cfg.Compiler)
+	case o.Resource != nil && o.Delete:
+		if err = validateIdent("type", o.Resource.Type); err == nil {
+			err = validateName("name", o.Resource.Name)
+		}
+	case o.Resource != nil:
+		d.resource, err = o.Resource.normalize()
+	default:
+		err = FieldErrorf(EINVALID, "kind", "%q is not a kind; use one of Server, Backend, Route, Resource", o.Kind)
+	}
+	if err != nil {
+		return draft{}, err
+	}
+	d.ref = o.Ref()
+	return d, nil
+}
+
+// namedRef is o's Ref when the fields that name o are valid, so that an
+// error about another of its fields can name the object; else the zero Ref.
+func namedRef(o Object) Ref {
+	var err error
+	switch {
+	case o.Server != nil:
+		err = validateName("name", o.Server.Name)
+	case o.Backend != nil:
+		err = validateIdent("name", o.Backend.Name)
+	case o.Route != nil:
+		_, _, err = ParseRouteName(RouteName(o.Route.Backend, o.Route.Server))
+	case o.Resource != nil:
+		if err = validateIdent("type", o.Resource.Type); err == nil {
+			err = validateName("name", o.Resource.Name)
+		}
+	default:
+		return Ref{}
+	}
+	if err != nil {
+		return Ref{}
+	}
+	return o.Ref()
+}
+
+// change is the decision for one object.
+type change struct {
+	index   int
+	ref     Ref
+	deleted bool
+	payload events.Payload // nil: nothing to write
+	server  *events.Server // the saved value, for reference checks
+	route   *events.Route
+	result  ObjectResult
+}
+
+// applyOnce decides every draft against the current state, checks the
+// references of the whole unit, and commits it.
+func (s *Service) applyOnce(ctx context.Context, p Principal, req ApplyRequest, drafts []draft) (ApplyResult, error) {
+	s.mu.RLock()
+	changes := make([]change, len(drafts))
+	var err error
+	for i, d := range drafts {
+		if changes[i], err = s.decide(d); err != nil {
+			s.mu.RUnlock()
+			return ApplyResult{}, at(i, req.Single, d.ref, err)
+		}
+		changes[i].index = i
+	}
+	err = s.checkReferences(req, changes)
+	seq := s.state.Seq()
+	versions := make([]uint64, len(changes))
+	for i, c := range changes {
+		versions[i] = s.state.position(c.ref.Aggregate())
+	}
+	s.mu.RUnlock()
+	if err != nil {
+		return ApplyResult{}, err
+	}
+
+	u, err := NewUnit(events.Meta{Actor: p.Name, CorrelationID: req.CorrelationID}, s.cfg.Now())
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	var payloads []events.Payload
+	var written []int // index in changes of each event
+	for i, c := range changes {
+		if c.payload == nil {
+			continue
+		}
+		u.Expect(c.ref.Aggregate(), versions[i])
+		if err := u.Add(c.ref.Aggregate(), c.payload); err != nil {
+			return ApplyResult{}, at(i, req.Single, c.ref, invalid(err))
+		}
+		payloads = append(payloads, c.payload)
+		written = append(written, i)
+	}
+	res := ApplyResult{Sequence: seq, Objects: make([]ObjectResult, len(changes))}
+	for i, c := range changes {
+		res.Objects[i] = c.result
+	}
+	if u.Len() == 0 {
+		return res, nil
+	}
+	appended, err := s.commit(ctx, u, payloads)
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	res.Unit = u.ID.String()
+	res.Sequence = appended.Last
+	for n, i := range written {
+		if !changes[i].deleted {
+			res.Objects[i].Version = appended.First + uint64(n)
+		}
+	}
+	return res, nil
+}
+
+// decide turns one draft into its change. The caller holds s.mu.
+func (s *Service) decide(d draft) (change, error) {
+	st := s.state
+	cur := st.version(d.ref)
+	c := change{ref: d.ref, result: ObjectResult{Kind: d.ref.Kind, Name: d.ref.Name, Version: cur}}
+	if err := checkCondition(d.obj.Cond, cur); err != nil {
+		return change{}, err
+	}
+	if d.obj.Delete {
+		c.deleted = true
+		if cur == 0 {
+			c.result.Result = Absent
+			return c, nil
+		}
+		c.result.Result = Deleted
+		c.result.Version = 0
+		switch d.ref.Kind {
+		case KindServer:
+			c.payload = &events.ServerDeleted{Name: d.ref.Name}
+		case KindBackend:
+			c.payload = &events.BackendDeleted{Name: d.ref.Name}
+		case KindRoute:
+			r := st.routes[d.ref.Name].value
+			c.payload = &events.RouteDeleted{Backend: r.Backend, Server: r.Server}
+		case KindResource:
+			r := st.resources[d.ref.Name].value
+			c.payload = &events.ResourceDeleted{Type: r.Type, Name: r.Name}
+		}
+		return c, nil
+	}
+	var changed []string
+	switch d.ref.Kind {
+	case KindServer:
+		changed = serverChanges(st.servers[d.ref.Name].value, d.server)
+		c.payload = &events.ServerSaved{Server: d.server, Changed: changed}
+		c.server = &d.server
+	case KindBackend:
+		changed = backendChanges(st.backends[d.ref.Name].value, d.backend)
+		c.payload = &events.BackendSaved{Backend: d.backend, Changed: changed}
+	case KindRoute:
+		changed = routeChanges(st.routes[d.ref.Name].value, d.route)
+		c.payload = &events.RouteSaved{Route: d.route, Changed: changed}
+		c.route = &d.route
+	case KindResource:
+		var old *events.Resource
+		if v, ok := st.resources[d.ref.Name]; ok {
+			old = &v.value
+		}
+		res, ch, err := d.resource.seal(s.cfg.Sealer, old)
+		if err != nil {
+			return change{}, err
+		}
+		changed = ch
+		c.payload = &events.ResourceSaved{Resource: res, Changed: changed}
+	}
+	switch {
+	case cur == 0:
+		c.result.Result = Created
+		if len(changed) == 0 {
+			changed = []string{} // a new object: the event says so with an empty list
+		}
+	case len(changed) == 0:
+		c.result.Result = Unchanged
+		c.payload = nil
+	default:
+		c.result.Result = Configured
+	}
+	c.result.Changed = changed
+	return c, nil
+}
+
+// checkCondition enforces an If-Match / If-None-Match precondition.
+func checkCondition(cond Condition, cur uint64) error {
+	switch {
+	case cond.MustNotBe && cur != 0:
+		return Errorf(ECONFLICT, "already exists (version %d)", cur)
+	case (cond.MustExist || cond.Version != 0) && cur == 0:
+		return Errorf(ENOTFOUND, "does not exist")
+	case cond.Version != 0 && cond.Version != cur:
+		return FieldErrorf(ECONFLICT, "version", "is %d, but the object has changed since: it is at version %d; read it again and reapply", cond.Version, cur)
+	}
+	return nil
+}
+
+// referenceError is a route whose backend or server does not exist.
+type referenceError struct{ err error }
+
+func (e *referenceError) Error() string { return e.err.Error() }
+func (e *referenceError) Unwrap() error { return e.err }
+
+// checkReferences checks the unit as a whole: every saved route's backend
+// and server exist once the unit is applied, and no deleted server or
+// backend is still used by a route that stays. The caller holds s.mu.
+func (s *Service) checkReferences(req ApplyRequest, changes []change) error {
+	pending := make(map[Ref]*change, len(changes))
+	for i := range changes {
+		pending[changes[i].ref] = &changes[i]
+	}
+	exists := func(ref Ref) bool {
+		if c, ok := pending[ref]; ok {
+			return !c.deleted
+		}
+		return s.state.version(ref) != 0
+	}
+	for _, c := range changes {
+		if c.route == nil {
+			continue
+		}
+		for _, dep := range []struct{ field, kind, name string }{
+			{"backend", KindBackend, c.route.Backend}, {"server", KindServer, c.route.Server},
+		} {
+			if !exists(Ref{dep.kind, dep.name}) {
+				e := FieldErrorf(EINVALID, dep.field, "%s %q does not exist; create it first or in the same apply", strings.ToLower(dep.kind), dep.name)
+				return &referenceError{at(c.index, req.Single, c.ref, e)}
+			}
+		}
+	}
+	// Routes that remain once the unit is applied, by server and backend.
+	users := map[Ref][]string{}
+	addRoute := func(name string, r events.Route) {
+		users[Ref{KindServer, r.Server}] = append(users[Ref{KindServer, r.Server}], name)
+		users[Ref{KindBackend, r.Backend}] = append(users[Ref{KindBackend, r.Backend}], name)
+	}
+	for name, r := range s.state.routes {
+		if _, touched := pending[Ref{KindRoute, name}]; !touched {
+			addRoute(name, r.value)
+		}
+	}
+	for _, c := range changes {
+		if c.route != nil {
+			addRoute(c.ref.Name, *c.route)
+		}
+	}
+	for _, c := range changes {
+		if !c.deleted || c.payload == nil || (c.ref.Kind != KindServer && c.ref.Kind != KindBackend) {
+			continue
+		}
+		if names := users[c.ref]; len(names) > 0 {
+			slices.Sort(names)
+			e := Errorf(ECONFLICT, "is still used by route(s) %s; delete them in the same apply", quoteList(names))
+			return at(c.index, req.Single, c.ref, e)
+		}
+	}
+	return nil
+}
+
+// kindRoles is the role needed to change each kind: operators manage
+// resources, admins everything.
+var kindRoles = map[string]string{
+	KindServer: RoleAdmin, KindBackend: RoleAdmin, KindRoute: RoleAdmin, KindResource: RoleOperator,
+}
+
+func roleToChange(kind string) string { return kindRoles[kind] }
