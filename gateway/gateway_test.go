@@ -11,7 +11,11 @@ import (
 
 func TestReadinessFollowsTheReadyChannel(t *testing.T) {
 	ready := make(chan struct{})
-	srv := httptest.NewServer(gateway.NewHandler(gateway.Config{Ready: ready}))
+	h, err := gateway.NewHandler(gateway.Config{Ready: ready})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
 	defer srv.Close()
 
 	check := func(path string, wantStatus int, wantType string) map[string]any {
@@ -32,6 +36,7 @@ func TestReadinessFollowsTheReadyChannel(t *testing.T) {
 	}
 
 	check("/healthz", 200, "application/json")
+	check("/v1/servers", 503, "application/problem+json") // starting
 	p := check("/readyz", 503, "application/problem+json")
 	if p["status"] != float64(503) || p["detail"] == "" {
 		t.Fatalf("not-ready problem = %v", p)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/orchestra-fleet/orchestra/events"
 )
@@ -61,8 +62,13 @@ type Source interface {
 }
 
 // Runner keeps one projection's read model up to date: it follows the log
-// from the checkpoint and commits each batch's rows with the batch's last
-// sequence.
+// from the checkpoint and commits the rows of what it read, with the last
+// sequence, in one transaction.
+//
+// Commits are spaced by at least MinCommitInterval: an event that arrives
+// after a quiet spell is committed at once, while a steady stream of writes
+// is committed in batches, so the read model costs one transaction per
+// interval instead of one per event and leaves the CPU to the writes.
 type Runner struct {
 	proj  Projection
 	store Store
@@ -73,9 +79,25 @@ type Runner struct {
 	advance chan struct{} // closed and replaced whenever seq moves
 }
 
+// MinCommitInterval is the least time between two commits of a runner.
+const MinCommitInterval = 2 * time.Millisecond
+
+// maxPendingRows bounds what a runner holds before committing: beyond it,
+// following waits for the commit.
+const maxPendingRows = 5000
+
 // NewRunner returns a runner for proj.
 func NewRunner(proj Projection, store Store, src Source) *Runner {
 	return &Runner{proj: proj, store: store, src: src, advance: make(chan struct{})}
+}
+
+// pending is what the runner has read and not yet committed.
+type pending struct {
+	mu    sync.Mutex
+	rows  []Row
+	last  uint64        // sequence of the last event read; 0: nothing pending
+	ready chan struct{} // has a value when something is pending
+	room  chan struct{} // has a value when rows drop below maxPendingRows
 }
 
 // Run follows the log until ctx ends or a batch cannot be applied.
@@ -85,9 +107,17 @@ func (r *Runner) Run(ctx context.Context) error {
 		return fmt.Errorf("projection %s: %w", r.proj.Name(), err)
 	}
 	r.moved(from)
-	var rows []Row
-	return r.src.Follow(ctx, from+1, func(batch []events.Envelope) error {
-		rows = rows[:0]
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p := &pending{ready: make(chan struct{}, 1), room: make(chan struct{}, 1)}
+	committed := make(chan error, 1)
+	go func() {
+		err := r.commitLoop(ctx, p)
+		cancel()
+		committed <- err
+	}()
+	err = r.src.Follow(ctx, from+1, func(batch []events.Envelope) error {
+		var rows []Row
 		for _, e := range batch {
 			out, err := r.proj.Apply(e)
 			if err != nil {
@@ -95,13 +125,69 @@ func (r *Runner) Run(ctx context.Context) error {
 			}
 			rows = append(rows, out...)
 		}
-		last := batch[len(batch)-1].Sequence
-		if err := r.store.Commit(ctx, r.proj.Name(), last, rows); err != nil {
-			return fmt.Errorf("projection %s: commit %d: %w", r.proj.Name(), last, err)
+		for {
+			p.mu.Lock()
+			if len(p.rows) < maxPendingRows {
+				p.rows = append(p.rows, rows...)
+				p.last = batch[len(batch)-1].Sequence
+				p.mu.Unlock()
+				select {
+				case p.ready <- struct{}{}:
+				default:
+				}
+				return nil
+			}
+			p.mu.Unlock()
+			select {
+			case <-p.room:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
-		r.moved(last)
-		return nil
 	})
+	cancel()
+	if cerr := <-committed; cerr != nil && !errors.Is(cerr, context.Canceled) {
+		return cerr
+	}
+	return err
+}
+
+// commitLoop commits what is pending, no sooner than MinCommitInterval
+// after the previous commit.
+func (r *Runner) commitLoop(ctx context.Context, p *pending) error {
+	var last time.Time
+	for {
+		select {
+		case <-p.ready:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if wait := MinCommitInterval - time.Since(last); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			}
+		}
+		p.mu.Lock()
+		rows, seq := p.rows, p.last
+		p.rows, p.last = nil, 0
+		p.mu.Unlock()
+		select {
+		case p.room <- struct{}{}:
+		default:
+		}
+		if seq == 0 {
+			continue
+		}
+		if err := r.store.Commit(ctx, r.proj.Name(), seq, rows); err != nil {
+			return fmt.Errorf("projection %s: commit %d: %w", r.proj.Name(), seq, err)
+		}
+		last = time.Now()
+		r.moved(seq)
+	}
 }
 
 func (r *Runner) moved(seq uint64) {

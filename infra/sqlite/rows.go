@@ -25,20 +25,16 @@ const (
 
 // Checkpoint implements projections.Store.
 func (db *DB) Checkpoint(ctx context.Context, projection string) (uint64, error) {
-	seq, err := checkpoint(ctx, db.sql, projection)
+	seq, err := checkpoint(ctx, db.getCP, projection)
 	if err != nil {
 		return 0, fmt.Errorf("checkpoint %s: %w", projection, err)
 	}
 	return seq, nil
 }
 
-type queryRower interface {
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-func checkpoint(ctx context.Context, q queryRower, projection string) (uint64, error) {
+func checkpoint(ctx context.Context, q *sql.Stmt, projection string) (uint64, error) {
 	var seq int64
-	err := q.QueryRowContext(ctx, selectCheckpoint, projection).Scan(&seq)
+	err := q.QueryRowContext(ctx, projection).Scan(&seq)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, nil
 	}
@@ -80,37 +76,26 @@ func (db *DB) commit(ctx context.Context, projection string, seq uint64, rows []
 		}
 	}
 	return db.write(ctx, func(tx *sql.Tx) error {
-		cur, err := checkpoint(ctx, tx, projection)
+		cur, err := checkpoint(ctx, tx.StmtContext(ctx, db.getCP), projection)
 		if err != nil {
 			return fmt.Errorf("read checkpoint: %w", err)
 		}
 		if seq <= cur {
 			return fmt.Errorf("refused: the checkpoint is already at %d, so these rows were committed before", cur)
 		}
-		// Prepared once per transaction, each used for every row.
-		var upsert, del *sql.Stmt
+		upsert, del := tx.StmtContext(ctx, db.upsert), tx.StmtContext(ctx, db.del)
 		for _, r := range rows {
 			if r.Deleted {
-				if del == nil {
-					if del, err = tx.PrepareContext(ctx, deleteRow); err != nil {
-						return fmt.Errorf("prepare delete: %w", err)
-					}
-				}
 				if _, err := del.ExecContext(ctx, r.Table, r.Key); err != nil {
 					return fmt.Errorf("delete %s/%s: %w", r.Table, r.Key, err)
 				}
 				continue
 			}
-			if upsert == nil {
-				if upsert, err = tx.PrepareContext(ctx, upsertRow); err != nil {
-					return fmt.Errorf("prepare upsert: %w", err)
-				}
-			}
 			if _, err := upsert.ExecContext(ctx, r.Table, r.Key, r.Group, int64(r.Version), []byte(r.Doc)); err != nil {
 				return fmt.Errorf("write %s/%s: %w", r.Table, r.Key, err)
 			}
 		}
-		if _, err := tx.ExecContext(ctx, upsertCheckpoint, projection, seq64); err != nil {
+		if _, err := tx.StmtContext(ctx, db.setCP).ExecContext(ctx, projection, seq64); err != nil {
 			return fmt.Errorf("write checkpoint: %w", err)
 		}
 		return nil

@@ -83,6 +83,10 @@ type DB struct {
 	// w is the connection writes run on, taken from sql when first needed
 	// and kept; nil until then, after Close, or after it broke.
 	w *sql.Conn
+	// The statements of a commit, prepared once: a transaction reuses what
+	// a connection has prepared before (sql.Tx.StmtContext), so a commit
+	// parses no SQL.
+	upsert, del, getCP, setCP *sql.Stmt
 }
 
 // Open opens the SQLite file at path, creating it (0600) and its directory
@@ -140,6 +144,14 @@ func Open(path string) (*DB, error) {
 	if err := db.init(context.Background()); err != nil {
 		return nil, errors.Join(fmt.Errorf("sqlite: open %s: %w", path, err), db.Close())
 	}
+	for _, st := range []struct {
+		dst   **sql.Stmt
+		query string
+	}{{&db.upsert, upsertRow}, {&db.del, deleteRow}, {&db.getCP, selectCheckpoint}, {&db.setCP, upsertCheckpoint}} {
+		if *st.dst, err = sdb.Prepare(st.query); err != nil {
+			return nil, errors.Join(fmt.Errorf("sqlite: open %s: prepare: %w", path, err), db.Close())
+		}
+	}
 	return db, nil
 }
 
@@ -192,12 +204,17 @@ func (db *DB) init(ctx context.Context) error {
 func (db *DB) Close() error {
 	db.writer <- struct{}{}
 	defer func() { <-db.writer }()
-	var err error
+	var errs []error
+	for _, st := range []*sql.Stmt{db.upsert, db.del, db.getCP, db.setCP} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
+	}
 	if db.w != nil {
-		err = db.w.Close()
+		errs = append(errs, db.w.Close())
 		db.w = nil
 	}
-	return errors.Join(err, db.sql.Close())
+	return errors.Join(append(errs, db.sql.Close())...)
 }
 
 // write runs fn in a write transaction on the writer connection, committed
