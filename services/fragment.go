@@ -16,6 +16,9 @@ import (
 // .address, .labels). define, template and block are refused: a fragment
 // is one script piece.
 func ParseFragment(name, src string) (*template.Template, error) {
+	if i := strings.IndexByte(src, 0); i >= 0 {
+		return nil, fmt.Errorf("byte %d is NUL, which no script can hold", i)
+	}
 	t, err := template.New(name).Funcs(fragmentFuncs).Option("missingkey=zero").Parse(src)
 	if err != nil {
 		return nil, fmt.Errorf("%s", strings.TrimPrefix(err.Error(), "template: "))
