@@ -253,31 +253,21 @@ func TestIdempotencyKey(t *testing.T) {
 	// runs (and finds the resource there).
 	e.call(t, "POST", "/v1/resources/website", e.admin, body, key).want(t, http.StatusConflict)
 
-	// An apply, and a refusal, are kept and replayed too.
-	apply := obj{"objects": []obj{{"kind": "Resource", "type": "website", "name": "idem3"}}}
-	k2 := map[string]string{"Idempotency-Key": "apply-2"}
-	a1 := e.call(t, "POST", "/v1/apply", e.operator, apply, k2)
-	a1.want(t, http.StatusOK)
-	a2 := e.call(t, "POST", "/v1/apply", e.operator, apply, k2)
-	if a2.Status != http.StatusOK || !bytes.Equal(a1.Raw, a2.Raw) || a2.Header.Get("Idempotent-Replayed") != "true" {
-		t.Errorf("repeated apply = %d %s %v, want the first response replayed", a2.Status, a2.Raw, a2.Header)
+	// An apply, a refusal and a DELETE are kept and replayed too (a
+	// retried DELETE gets its first answer, not a 404).
+	replayed := func(key, method, path string, body any, status int) {
+		t.Helper()
+		k := map[string]string{"Idempotency-Key": key}
+		r1 := e.call(t, method, path, e.operator, body, k)
+		r1.want(t, status)
+		r2 := e.call(t, method, path, e.operator, body, k)
+		if r2.Status != status || !bytes.Equal(r1.Raw, r2.Raw) || r2.Header.Get("Idempotent-Replayed") != "true" {
+			t.Errorf("repeated %s %s = %d %s %v, want the first answer replayed", method, path, r2.Status, r2.Raw, r2.Header)
+		}
 	}
-	k3 := map[string]string{"Idempotency-Key": "conflict-3"}
-	c1 := e.call(t, "POST", "/v1/resources/website", e.operator, body, k3)
-	c1.want(t, http.StatusConflict)
-	c2 := e.call(t, "POST", "/v1/resources/website", e.operator, body, k3)
-	if c2.Status != http.StatusConflict || !bytes.Equal(c1.Raw, c2.Raw) || c2.Header.Get("Idempotent-Replayed") != "true" {
-		t.Errorf("repeated refusal = %d %s, want the first one replayed", c2.Status, c2.Raw)
-	}
-
-	// A retried DELETE gets its first answer, not a 404.
-	k4 := map[string]string{"Idempotency-Key": "delete-4"}
-	d1 := e.call(t, "DELETE", "/v1/resources/website/idem", e.operator, nil, k4)
-	d1.want(t, http.StatusOK)
-	d2 := e.call(t, "DELETE", "/v1/resources/website/idem", e.operator, nil, k4)
-	if d2.Status != http.StatusOK || !bytes.Equal(d1.Raw, d2.Raw) || d2.Header.Get("Idempotent-Replayed") != "true" {
-		t.Errorf("repeated DELETE = %d %s, want the first answer replayed", d2.Status, d2.Raw)
-	}
+	replayed("apply-2", "POST", "/v1/apply", obj{"objects": []obj{{"kind": "Resource", "type": "website", "name": "idem3"}}}, http.StatusOK)
+	replayed("conflict-3", "POST", "/v1/resources/website", body, http.StatusConflict)
+	replayed("delete-4", "DELETE", "/v1/resources/website/idem", nil, http.StatusOK)
 
 	// A key that is not printable ASCII of at most 255 bytes.
 	p = e.call(t, "POST", "/v1/resources/website", e.operator, other, map[string]string{"Idempotency-Key": strings.Repeat("k", 256)}).want(t, http.StatusUnprocessableEntity)
