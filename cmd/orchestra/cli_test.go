@@ -1,12 +1,19 @@
 package main
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/services"
 )
 
 // cli runs the orchestra client in dir against p, as an operator would:
@@ -99,6 +106,39 @@ func TestApplyExampleSurvivesRestart(t *testing.T) {
 	}
 	if _, _, code = p.cli(t, dir, "get", "gadgets"); code != 2 {
 		t.Fatalf("get of an unknown kind exited %d, want 2", code)
+	}
+	p.stop(t, "http", "core", "nats-server")
+}
+
+// A change another process appends reaches this process through the log:
+// a token issued elsewhere is accepted here without a restart.
+func TestUpFollowsChangesOfOtherProcesses(t *testing.T) {
+	dir := t.TempDir()
+	p := startUp(t, "--data", dir, "--nats-listen", "127.0.0.1:0")
+	p.waitReady(t)
+	s, _ := connect(t, p.nats)
+	const tok = "orc_issued-by-another-process"
+	sum := sha256.Sum256([]byte(tok))
+	u, _ := services.NewUnit(events.Meta{Actor: "elsewhere"}, time.Now())
+	agg := events.Aggregate{Type: events.AggToken, ID: "elsewhere"}
+	u.Expect(agg, 0)
+	if err := u.Add(agg, &events.TokenCreated{Name: "elsewhere", Role: services.RoleViewer, Hash: hex.EncodeToString(sum[:])}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append(context.Background(), u); err != nil {
+		t.Fatal(err)
+	}
+	p.token = tok
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := p.get(t, "/v1/servers")
+		if code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the token appended by another process is still refused: %d %s", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	p.stop(t, "http", "core", "nats-server")
 }

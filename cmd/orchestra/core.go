@@ -60,7 +60,7 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 	if err := bootstrapToken(ctx, svc, filepath.Join(dataDir, adminTokenFile), log); err != nil {
 		return nil, err
 	}
-	c := &core{svc: svc, store: store, runner: projections.NewRunner(projections.NewModel(reg), db, store)}
+	c := &core{svc: svc, store: store, runner: projections.NewRunner(projections.NewModel(reg), db, logFollower{store, svc})}
 	gw.Service, gw.Rows, gw.Model, gw.Idempotency, gw.Logger = svc, db, c.runner, db, log
 	h, err := gateway.NewHandler(gw)
 	if err != nil {
@@ -73,27 +73,40 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 // run keeps the write model and the read model following the log until ctx
 // ends or one of them fails.
 func (c *core) run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errs := make(chan error, 2)
-	go func() {
-		errs <- c.store.Follow(ctx, c.svc.Seq()+1, func(batch []events.Envelope) error {
-			for _, e := range batch {
-				if err := c.svc.Observe(e); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}()
-	go func() { errs <- c.runner.Run(ctx) }()
-	err := <-errs
-	cancel()
-	<-errs
+	err := c.runner.Run(ctx)
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		return nil
 	}
 	return err
+}
+
+// logFollower is the read model's source: one consumer of the log feeds
+// the write model too, so changes made by other processes reach this one's
+// decisions without a second consumer.
+type logFollower struct {
+	store *eventstore.Store
+	svc   *services.Service
+}
+
+// Follow implements projections.Source. It starts where the write model or
+// the read model is behind, whichever is earlier; the write model skips
+// what it has folded, and the read model gets events from from on.
+func (f logFollower) Follow(ctx context.Context, from uint64, fn func([]events.Envelope) error) error {
+	return f.store.Follow(ctx, min(from, f.svc.Seq()+1), func(batch []events.Envelope) error {
+		for _, e := range batch {
+			if err := f.svc.Observe(e); err != nil {
+				return err
+			}
+		}
+		i := 0
+		for i < len(batch) && batch[i].Sequence < from {
+			i++
+		}
+		if i == len(batch) {
+			return nil
+		}
+		return fn(batch[i:])
+	})
 }
 
 // bootstrapToken issues the first admin token when the log has no admin
