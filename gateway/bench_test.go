@@ -72,26 +72,44 @@ func send(b *testing.B, c *http.Client, method, url, token string, body []byte, 
 }
 
 // BenchmarkHTTPWrite: one change per request (PUT of a new resource) against
-// a raw compare-and-set publish. Target ≥ 25 %.
+// a raw compare-and-set publish. Target ≥ 25 %. Two baselines: the
+// in-process connection `orchestra up` itself uses (the strict one), and a
+// client connection over loopback TCP, the transport the HTTP request
+// travels.
 func BenchmarkHTTPWrite(b *testing.B) {
-	e := newEnv(b)
-	rawStream(b, e.JS)
-	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
-	ctx := context.Background()
-	var p benchpair.Pair
-	rawN, oursN := 0, 0
-	b.ResetTimer()
-	p.Run(b, 64, func() {
-		rawN++
-		if _, err := e.JS.PublishMsg(ctx, rawResource(b, "r"+strconv.Itoa(rawN), rawN)); err != nil {
-			b.Fatal(err)
-		}
-	}, func() {
-		oursN++
-		body := []byte(`{"attrs":{"n":` + strconv.Itoa(oursN) + `}}`)
-		send(b, c, "PUT", e.URL+"/v1/resources/bench/r"+strconv.Itoa(oursN), e.admin, body, http.StatusCreated)
-	})
-	p.Report(b, b.N)
+	for _, baseline := range []string{"in-process", "loopback"} {
+		b.Run("baseline="+baseline, func(b *testing.B) {
+			e := newEnv(b)
+			rawStream(b, e.JS)
+			js := e.JS
+			if baseline == "loopback" {
+				nc, err := nats.Connect(e.NATS)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer nc.Close()
+				if js, err = jetstream.New(nc); err != nil {
+					b.Fatal(err)
+				}
+			}
+			c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+			ctx := context.Background()
+			var p benchpair.Pair
+			rawN, oursN := 0, 0
+			b.ResetTimer()
+			p.Run(b, 64, func() {
+				rawN++
+				if _, err := js.PublishMsg(ctx, rawResource(b, "r"+strconv.Itoa(rawN), rawN)); err != nil {
+					b.Fatal(err)
+				}
+			}, func() {
+				oursN++
+				body := []byte(`{"attrs":{"n":` + strconv.Itoa(oursN) + `}}`)
+				send(b, c, "PUT", e.URL+"/v1/resources/bench/r"+strconv.Itoa(oursN), e.admin, body, http.StatusCreated)
+			})
+			p.Report(b, b.N)
+		})
+	}
 }
 
 // BenchmarkApply1000: an apply of 1,000 new resources (one unit of work)

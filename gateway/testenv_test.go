@@ -24,6 +24,7 @@ import (
 	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/gateway"
 	"github.com/orchestra-fleet/orchestra/infra/eventstore"
+	"github.com/orchestra-fleet/orchestra/infra/natsserver"
 	"github.com/orchestra-fleet/orchestra/infra/natstest"
 	"github.com/orchestra-fleet/orchestra/infra/routeexpr"
 	"github.com/orchestra-fleet/orchestra/infra/secrets"
@@ -38,6 +39,7 @@ import (
 // served over HTTP on a loopback port.
 type env struct {
 	URL    string
+	NATS   string // the embedded server's client URL on loopback
 	JS     jetstream.JetStream
 	Svc    *services.Service
 	DB     *sqlite.DB
@@ -67,7 +69,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	nats := natstest.Start(t)
+	nats := natstest.StartAt(t, natsserver.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
 	reg, err := events.NewRegistry(events.Catalog()...)
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +141,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 
-	e := &env{URL: srv.URL, JS: nats.JS, Svc: svc, DB: db, Runner: runner, client: &http.Client{Timeout: time.Minute}}
+	e := &env{URL: srv.URL, NATS: nats.Server.ClientURL(), JS: nats.JS, Svc: svc, DB: db, Runner: runner, client: &http.Client{Timeout: time.Minute}}
 	boot, err := svc.Bootstrap(ctx)
 	if err != nil || boot.Token == "" {
 		t.Fatalf("bootstrap: %+v, %v", boot, err)
