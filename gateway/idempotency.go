@@ -57,13 +57,22 @@ func (a *api) idempotent(w http.ResponseWriter, r *http.Request, p services.Prin
 	sum.Write(body)
 	hash := hex.EncodeToString(sum.Sum(nil))
 
-	busyKey := p.Name + "\x00" + key
+	if r.Method == http.MethodPost && r.URL.Path == "/v1/tokens" {
+		return services.FieldErrorf(services.EINVALID, HeaderIdempotent, "is not supported when creating a token: a token is shown once and never kept")
+	}
+	// Keys belong to one token: its name and the sequence that issued it,
+	// so a token issued later under a revoked one's name shares nothing.
+	scope := fmt.Sprintf("%s#%d", p.Name, p.Version)
+	// The bookkeeping outlives a client that hung up: its retry is what the
+	// key is for.
+	ctx := context.WithoutCancel(r.Context())
+	busyKey := scope + "\x00" + key
 	if _, running := a.busy.LoadOrStore(busyKey, struct{}{}); running {
 		return services.FieldErrorf(services.ECONFLICT, HeaderIdempotent, "a request with this key is still running; retry when it has finished")
 	}
 	defer a.busy.Delete(busyKey)
 
-	stored, ok, err := a.idem.Lookup(r.Context(), p.Name, key)
+	stored, ok, err := a.idem.Lookup(ctx, scope, key)
 	if err != nil {
 		return fmt.Errorf("idempotency lookup: %w", err)
 	}
@@ -91,7 +100,7 @@ func (a *api) idempotent(w http.ResponseWriter, r *http.Request, p services.Prin
 				kept.Header[h] = v
 			}
 		}
-		if err := a.idem.Save(r.Context(), p.Name, key, kept); err != nil {
+		if err := a.idem.Save(ctx, scope, key, kept); err != nil {
 			a.log.Error("keep idempotent response", "err", err)
 		}
 	}

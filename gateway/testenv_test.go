@@ -142,7 +142,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	t.Cleanup(srv.Close)
 
 	e := &env{URL: srv.URL, NATS: nats.Server.ClientURL(), JS: nats.JS, Svc: svc, DB: db, Runner: runner, client: &http.Client{Timeout: time.Minute}}
-	boot, err := svc.Bootstrap(ctx)
+	boot, err := svc.Bootstrap(ctx, nil)
 	if err != nil || boot.Token == "" {
 		t.Fatalf("bootstrap: %+v, %v", boot, err)
 	}

@@ -30,7 +30,7 @@ func fiftyObjects() []string {
 // whole apply and writes nothing, whatever stage finds the problem.
 func TestApplyIsAllOrNothing(t *testing.T) {
 	h := newHarness(t)
-	if _, err := h.svc.Bootstrap(context.Background()); err != nil { // the log is not empty
+	if _, err := h.svc.Bootstrap(context.Background(), nil); err != nil { // the log is not empty
 		t.Fatal(err)
 	}
 	cases := []struct {

@@ -3,8 +3,10 @@ package services
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/orchestra-fleet/orchestra/events"
@@ -73,7 +75,7 @@ func (s *ResourceSpec) normalize() (resourceDraft, error) {
 		if err := json.Compact(&buf, raw[k]); err != nil {
 			return resourceDraft{}, FieldErrorf(EINVALID, "attrs."+k, "%s", err)
 		}
-		if err := noNUL("attrs."+k, raw[k]); err != nil {
+		if err := checkValue("attrs."+k, raw[k]); err != nil {
 			return resourceDraft{}, err
 		}
 		// Compare values in the form json.Marshal gives them, <, > and &
@@ -120,34 +122,47 @@ func (s *ResourceSpec) normalize() (resourceDraft, error) {
 	}, nil
 }
 
-// noNUL refuses a JSON value holding a NUL character anywhere: a script
-// cannot carry one, so such a value could never reach a server intact.
-func noNUL(field string, value json.RawMessage) error {
-	if !bytes.Contains(value, []byte(`\u0000`)) {
-		return nil
-	}
+// checkValue refuses what a JSON value may hold but no script or reader
+// can use: a NUL character (a script cannot carry one), or a number beyond
+// a 64-bit float (every JSON reader would fail on it).
+func checkValue(field string, value json.RawMessage) error {
+	dec := json.NewDecoder(bytes.NewReader(value))
+	dec.UseNumber()
 	var v any
-	if err := json.Unmarshal(value, &v); err != nil {
+	if err := dec.Decode(&v); err != nil {
 		return FieldErrorf(EINVALID, field, "%s", err)
 	}
-	var walk func(any) bool
-	walk = func(v any) bool {
+	var walk func(any) string
+	walk = func(v any) string {
 		switch v := v.(type) {
 		case string:
-			return strings.ContainsRune(v, 0)
+			if strings.ContainsRune(v, 0) {
+				return "holds a NUL character, which no script can carry"
+			}
+		case json.Number:
+			if _, err := strconv.ParseFloat(string(v), 64); err != nil {
+				return fmt.Sprintf("holds the number %.40s, beyond what a 64-bit float holds", v)
+			}
 		case []any:
-			return slices.ContainsFunc(v, walk)
+			for _, e := range v {
+				if why := walk(e); why != "" {
+					return why
+				}
+			}
 		case map[string]any:
 			for k, e := range v {
-				if strings.ContainsRune(k, 0) || walk(e) {
-					return true
+				if why := walk(k); why != "" {
+					return why
+				}
+				if why := walk(e); why != "" {
+					return why
 				}
 			}
 		}
-		return false
+		return ""
 	}
-	if walk(v) {
-		return FieldErrorf(EINVALID, field, "holds a NUL character, which no script can carry")
+	if why := walk(v); why != "" {
+		return FieldErrorf(EINVALID, field, "%s", why)
 	}
 	return nil
 }

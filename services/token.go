@@ -26,6 +26,9 @@ var roleRank = map[string]int{RoleViewer: 1, RoleOperator: 2, RoleAdmin: 3}
 type Principal struct {
 	Name string
 	Role string
+	// Version is the sequence that issued the token: two tokens issued
+	// under one name (after a revocation) have different versions.
+	Version uint64
 }
 
 // Can reports whether p holds role or a stronger one. Nobody holds a role
@@ -62,7 +65,8 @@ func (s *Service) Authenticate(tok string) (Principal, error) {
 	if !ok {
 		return Principal{}, Errorf(EUNAUTHORIZED, "the token is unknown or revoked")
 	}
-	return Principal{Name: name, Role: s.state.tokens[name].role}, nil
+	t := s.state.tokens[name]
+	return Principal{Name: name, Role: t.role, Version: t.version}, nil
 }
 
 // TokenResult is a newly issued token. Token is shown this once.
@@ -84,10 +88,12 @@ func (s *Service) CreateToken(ctx context.Context, p Principal, name, role strin
 	if err := oneOf("role", role, RoleAdmin, RoleOperator, RoleViewer); err != nil {
 		return TokenResult{}, err
 	}
-	return serialized(ctx, s, func() (TokenResult, error) { return s.createToken(ctx, p, name, role) })
+	return serialized(ctx, s, func() (TokenResult, error) { return s.createToken(ctx, p, name, role, nil) })
 }
 
-func (s *Service) createToken(ctx context.Context, p Principal, name, role string) (TokenResult, error) {
+// createToken issues the token; keep, when set, is given it before it is
+// committed, and a keep that fails commits nothing.
+func (s *Service) createToken(ctx context.Context, p Principal, name, role string, keep func(TokenResult) error) (TokenResult, error) {
 	agg := events.Aggregate{Type: events.AggToken, ID: name}
 	s.mu.RLock()
 	_, exists := s.state.tokens[name]
@@ -101,6 +107,11 @@ func (s *Service) createToken(ctx context.Context, p Principal, name, role strin
 		return TokenResult{}, fmt.Errorf("new token: %w", err)
 	}
 	tok := tokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
+	if keep != nil {
+		if err := keep(TokenResult{Name: name, Role: role, Token: tok}); err != nil {
+			return TokenResult{}, err
+		}
+	}
 	ev := &events.TokenCreated{Name: name, Role: role, Hash: hashToken(tok)}
 	at, err := s.commitOne(ctx, p, agg, last, ev)
 	if err != nil {
@@ -139,21 +150,24 @@ func (s *Service) revokeToken(ctx context.Context, p Principal, name string) (ui
 }
 
 // Bootstrap issues the first admin token when the log has no admin token,
-// naming it "admin" (or "admin-N" when that name is taken). It returns an
-// empty result when an admin token exists already, also when another
-// process issued one a moment ago.
-func (s *Service) Bootstrap(ctx context.Context) (TokenResult, error) {
-	res, err := s.bootstrap(ctx)
+// naming it "admin" (or "admin-N" when that name is taken). keep (may be
+// nil) is given the token before it is committed, to store it where its
+// operator finds it; if keep fails, nothing is committed, so the log never
+// holds an admin token nobody has. Bootstrap returns an empty result when an
+// admin token exists already, also when another process issued one a
+// moment ago.
+func (s *Service) Bootstrap(ctx context.Context, keep func(TokenResult) error) (TokenResult, error) {
+	res, err := s.bootstrap(ctx, keep)
 	if ErrorCode(err) != ECONFLICT {
 		return res, err
 	}
 	if err := s.Sync(ctx); err != nil {
 		return TokenResult{}, err
 	}
-	return s.bootstrap(ctx)
+	return s.bootstrap(ctx, keep)
 }
 
-func (s *Service) bootstrap(ctx context.Context) (TokenResult, error) {
+func (s *Service) bootstrap(ctx context.Context, keep func(TokenResult) error) (TokenResult, error) {
 	s.mu.RLock()
 	name := ""
 	hasAdmin := false
@@ -173,7 +187,9 @@ func (s *Service) bootstrap(ctx context.Context) (TokenResult, error) {
 	if hasAdmin {
 		return TokenResult{}, nil
 	}
-	return s.CreateToken(ctx, System, name, RoleAdmin)
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	return s.createToken(ctx, System, name, RoleAdmin, keep)
 }
 
 // commitOne appends a one-event unit for agg, expected at version.

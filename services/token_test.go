@@ -2,6 +2,7 @@ package services_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -12,7 +13,16 @@ func TestTokens(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
 
-	boot, err := h.svc.Bootstrap(ctx)
+	// A keep that fails (the token file cannot be written) commits nothing:
+	// the log never holds an admin token nobody has.
+	if _, err := h.svc.Bootstrap(ctx, func(services.TokenResult) error { return errors.New("disk full") }); err == nil || h.lastSeq(t) != 0 {
+		t.Fatalf("bootstrap with a failing keep = %v, log at %d", err, h.lastSeq(t))
+	}
+	var kept string
+	boot, err := h.svc.Bootstrap(ctx, func(r services.TokenResult) error { kept = r.Token; return nil })
+	if kept != boot.Token {
+		t.Fatalf("keep was given %q, the result holds %q", kept, boot.Token)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -20,15 +30,19 @@ func TestTokens(t *testing.T) {
 		t.Fatalf("bootstrap: %+v", boot)
 	}
 	p, err := h.svc.Authenticate(boot.Token)
-	if err != nil || p != (services.Principal{Name: "admin", Role: services.RoleAdmin}) {
+	if err != nil || p.Name != "admin" || p.Role != services.RoleAdmin || p.Version != boot.Sequence {
 		t.Fatalf("authenticate the bootstrap token: %+v, %v", p, err)
 	}
 	seq := h.lastSeq(t)
-	again, err := h.svc.Bootstrap(ctx)
+	// A keep that fails commits nothing.
+	if _, err := h.newService(t).Bootstrap(ctx, func(services.TokenResult) error { return errors.New("disk full") }); err != nil {
+		t.Fatalf("bootstrap with an admin token present must not call keep: %v", err)
+	}
+	again, err := h.svc.Bootstrap(ctx, nil)
 	if err != nil || again != (services.TokenResult{}) || h.lastSeq(t) != seq {
 		t.Fatalf("second bootstrap: %+v, %v", again, err)
 	}
-	if again, err := h.newService(t).Bootstrap(ctx); err != nil || again != (services.TokenResult{}) {
+	if again, err := h.newService(t).Bootstrap(ctx, nil); err != nil || again != (services.TokenResult{}) {
 		t.Fatalf("bootstrap in another process: %+v, %v", again, err)
 	}
 	// The token is stored as a hash only.
@@ -44,7 +58,7 @@ func TestTokens(t *testing.T) {
 			t.Fatalf("%+v, %v", tok, err)
 		}
 		got, err := h.svc.Authenticate(tok.Token)
-		if err != nil || got != (services.Principal{Name: "ci", Role: services.RoleOperator}) {
+		if err != nil || got.Name != "ci" || got.Role != services.RoleOperator {
 			t.Fatalf("authenticate: %+v, %v", got, err)
 		}
 		if got, err := h.newService(t).Authenticate(tok.Token); err != nil || got.Name != "ci" {
@@ -153,7 +167,7 @@ func TestTokens(t *testing.T) {
 		_, err = h.svc.RevokeToken(ctx, p2, "admin2")
 		wantError(t, err, services.ECONFLICT, "", "last admin token")
 		// An admin token exists, so bootstrap does nothing.
-		if res, err := h.svc.Bootstrap(ctx); err != nil || res != (services.TokenResult{}) {
+		if res, err := h.svc.Bootstrap(ctx, nil); err != nil || res != (services.TokenResult{}) {
 			t.Fatalf("bootstrap with admin2 in place: %+v, %v", res, err)
 		}
 	})

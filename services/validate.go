@@ -55,6 +55,12 @@ func validateName(field, s string) error {
 	if len(s) > MaxObjectName {
 		return FieldErrorf(EINVALID, field, "is %d bytes long; the limit is %d, so that route and resource names (backend@server, type/name) stay within %d", len(s), MaxObjectName, events.MaxNameLen)
 	}
+	switch {
+	case s == "." || s == "..":
+		return FieldErrorf(EINVALID, field, "%q is not a name: it means a directory in paths", s)
+	case s[0] == '-':
+		return FieldErrorf(EINVALID, field, "%q starts with '-', which commands would take for an option", s)
+	}
 	for i, r := range s {
 		switch {
 		case r == '/' || r == '@':

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -36,10 +37,14 @@ func newClient() (*client, error) {
 	if base == "" {
 		base = defaultURL
 	}
-	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	u, err := url.Parse(base)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("%s=%q is not an http(s) URL", envURL, base)
 	}
 	tok := strings.TrimSpace(os.Getenv(envToken))
+	if tok == "" && !loopback(u.Hostname()) {
+		return nil, fmt.Errorf("no token: set %s (the local .orchestra/%s is sent only to an Orchestra on this machine, not to %s)", envToken, adminTokenFile, u.Host)
+	}
 	if tok == "" {
 		b, err := os.ReadFile(filepath.Join(".orchestra", adminTokenFile))
 		if err != nil {
@@ -48,6 +53,15 @@ func newClient() (*client, error) {
 		tok = strings.TrimSpace(string(b))
 	}
 	return &client{base: base, token: tok, http: &http.Client{Timeout: 60 * time.Second}}, nil
+}
+
+// loopback reports whether host names this machine.
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // apiError is a problem document the API answered with.

@@ -113,7 +113,9 @@ func (f logFollower) Follow(ctx context.Context, from uint64, fn func([]events.E
 // token, and writes it to path (0600). Either way the log says where the
 // token file is.
 func bootstrapToken(ctx context.Context, svc *services.Service, path string, log *slog.Logger) error {
-	res, err := svc.Bootstrap(ctx)
+	res, err := svc.Bootstrap(ctx, func(t services.TokenResult) error {
+		return files.WriteAtomic(path, []byte(t.Token+"\n"), 0o600)
+	})
 	if err != nil {
 		return fmt.Errorf("first admin token: %w", err)
 	}
@@ -122,9 +124,6 @@ func bootstrapToken(ctx context.Context, svc *services.Service, path string, log
 			log.Info("admin token", "file", path)
 		}
 		return nil
-	}
-	if err := files.WriteAtomic(path, []byte(res.Token+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write admin token: %w", err)
 	}
 	log.Info("admin token written; keep it safe", "file", path, "name", res.Name)
 	return nil
