@@ -34,121 +34,26 @@ func ParseFragment(name, src string) (*template.Template, error) {
 	if err := quoteActions(t.Root, &flat, &actions); err != nil {
 		return nil, err
 	}
-	if i, where := unquotedContext(flat.String()); where != "" {
+	if i, why := checkValuePlaces(flat.String()); why != "" {
+		if i >= len(actions) { // a branch after the last value
+			return nil, fmt.Errorf("a value or {{if}}/{{else}}/{{end}} is %s; values are inserted quoted as one word of a command, so they may stand only where a word of its own is literal", why)
+		}
 		line := strings.Count(src[:actions[i].pos], "\n") + 1
-		return nil, fmt.Errorf("line %d: %s is %s, where a quoted value is not one word of the script; "+
-			"values are inserted already quoted: move it out (or use raw and quote it yourself)", line, actions[i].text, where)
+		return nil, fmt.Errorf("line %d: %s is %s; a value is inserted quoted as one word and may stand only as an argument of a command "+
+			"(or the value of an assignment) outside quotes, comments, here-documents and arithmetic: move it there, or use raw and take responsibility", line, actions[i].text, why)
 	}
 	return t, nil
+}
+
+var fragmentFuncs = template.FuncMap{
+	"shq": ShellQuote,
+	"raw": func(v any) string { return plainString(v) },
 }
 
 // mark is a quoted action: where it is and how it was written.
 type mark struct {
 	pos  parse.Pos
 	text string
-}
-
-// valueMark stands for a quoted value in the flattened script that
-// unquotedContext reads; fragments hold no NUL, so it is unambiguous.
-const valueMark = '\x00'
-
-// unquotedContext reads a fragment's text with each quoted value marked, as
-// the shell would, and reports the first value that is not a word of its
-// own: inside '…', "…" or `…`, a comment, or a here-document, where the
-// quotes around it would not protect it. It returns the value's index and
-// where it is, or "" when every value stands alone.
-func unquotedContext(script string) (int, string) {
-	const (
-		normal = iota
-		single
-		double
-		backtick
-		comment
-		heredoc
-	)
-	state, value := normal, 0
-	var pending []string // here-document delimiters opened on this line
-	var delim, line string
-	for i := 0; i < len(script); i++ {
-		c := script[i]
-		if c == valueMark {
-			switch state {
-			case single:
-				return value, "inside single quotes"
-			case double:
-				return value, "inside double quotes"
-			case backtick:
-				return value, "inside backticks"
-			case comment:
-				return value, "inside a comment"
-			case heredoc:
-				return value, "inside a here-document"
-			}
-			value++
-			continue
-		}
-		switch state {
-		case normal:
-			switch {
-			case c == '\\':
-				i++
-			case c == '\'':
-				state = single
-			case c == '"':
-				state = double
-			case c == '`':
-				state = backtick
-			case c == '#' && (i == 0 || strings.IndexByte(" \t\n;|&(", script[i-1]) >= 0):
-				state = comment
-			case c == '<' && strings.HasPrefix(script[i:], "<<") && !strings.HasPrefix(script[i:], "<<<"):
-				j := i + 2
-				for j < len(script) && (script[j] == '-' || script[j] == ' ' || script[j] == '\t') {
-					j++
-				}
-				k := j
-				for k < len(script) && strings.IndexByte(" \t\n;|&<>()", script[k]) < 0 {
-					k++
-				}
-				pending = append(pending, strings.Trim(script[j:k], `'"\`))
-				i = k - 1
-			case c == '\n' && len(pending) > 0:
-				state, delim, pending, line = heredoc, pending[0], pending[1:], ""
-			}
-		case single:
-			if c == '\'' {
-				state = normal
-			}
-		case double, backtick:
-			switch {
-			case c == '\\':
-				i++
-			case state == double && c == '"', state == backtick && c == '`':
-				state = normal
-			}
-		case comment:
-			if c == '\n' {
-				state = normal
-			}
-		case heredoc:
-			if c != '\n' {
-				line += string(c)
-				continue
-			}
-			if strings.TrimLeft(line, "\t") == delim {
-				state = normal
-				if len(pending) > 0 {
-					state, delim, pending = heredoc, pending[0], pending[1:]
-				}
-			}
-			line = ""
-		}
-	}
-	return 0, ""
-}
-
-var fragmentFuncs = template.FuncMap{
-	"shq": ShellQuote,
-	"raw": func(v any) string { return plainString(v) },
 }
 
 // quoteActions walks a template's tree and pipes every printing action
@@ -189,18 +94,28 @@ func quoteActions(n parse.Node, flat *strings.Builder, actions *[]mark) error {
 		return quoteBranch(&n.BranchNode, flat, actions)
 	case *parse.WithNode:
 		return quoteBranch(&n.BranchNode, flat, actions)
+	case *parse.BreakNode, *parse.ContinueNode:
+		flat.WriteByte(branchMark)
 	case *parse.TemplateNode:
 		return fmt.Errorf("{{template}} at byte %d: calling other templates is not allowed in a fragment", n.Pos)
 	}
 	return nil
 }
 
+// quoteBranch walks both branches; a branchMark at each boundary lets the
+// scanner check that every way through the template stays in step with the
+// shell.
 func quoteBranch(b *parse.BranchNode, flat *strings.Builder, actions *[]mark) error {
+	flat.WriteByte(branchMark)
 	if err := quoteActions(b.List, flat, actions); err != nil {
 		return err
 	}
+	flat.WriteByte(branchMark)
 	if b.ElseList != nil {
-		return quoteActions(b.ElseList, flat, actions)
+		if err := quoteActions(b.ElseList, flat, actions); err != nil {
+			return err
+		}
+		flat.WriteByte(branchMark)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -138,11 +139,12 @@ func TestFragmentRendersValues(t *testing.T) {
 		{`{{$x := "a b"}}{{$x = "c d"}}{{$x}}`, `'c d'`},
 		{`{{raw .attrs.port}} {{.name | raw}}`, `80 example.com`},
 		{`{{raw "echo $(id)"}}`, `echo $(id)`},
-		{`{{range .attrs.list}}[{{.}}]{{end}}`, `['1']['a']`},
+		{`{{range .attrs.list}} {{.}}{{end}}`, ` '1' 'a'`},
 		{`{{len .attrs.list}}`, `'2'`},
 	} {
-		if got := render(t, tc.src, data); got != tc.want {
-			t.Errorf("%s rendered %q, want %q", tc.src, got, tc.want)
+		// Each value stands as an argument, the one place it may.
+		if got := render(t, "echo "+tc.src, data); got != "echo "+tc.want {
+			t.Errorf("%s rendered %q, want %q", tc.src, got, "echo "+tc.want)
 		}
 	}
 }
@@ -220,11 +222,82 @@ func TestParseFragmentRefusesValuesWhereQuotingWouldNotHold(t *testing.T) {
 	for _, src := range []string{
 		"echo {{ .name }} \"it's\" # {{ raw .name }}\n",
 		"cat <<'EOF' >f\n$x\nEOF\necho {{ .name }}\n",
-		"x=$(basename {{ .name }}); echo a\\'{{ .name }}\n",
+		"x=$(basename {{ .name }}); echo a\\'{{ .name }} --to={{ .name }} >{{ .name }}.log\n",
 		"echo \"{{ raw .name }}\"\n",
 	} {
 		if _, err := services.ParseFragment("f", src); err != nil {
 			t.Errorf("%q: %v", src, err)
+		}
+	}
+}
+
+// Fragments that would let a value run a command if accepted: each is
+// refused when the backend is saved.
+func TestParseFragmentRefusesEveryKnownEscape(t *testing.T) {
+	for _, src := range []string{
+		"echo \\{{.attrs.v}}\n",                                              // a backslash before the value
+		"echo \"\\{{.attrs.v}}\"\n",                                          // … inside double quotes
+		"cat <<EOF # note\n{{.attrs.v}}\nEOF\n",                              // a here-document opened before a comment
+		"cat <<EOF\n\tEOF\n{{.attrs.v}}\nEOF\n",                              // a tab-indented terminator without <<-
+		"cat << -EOF\nEOF\n{{.attrs.v}}\n-EOF\n",                             // "-EOF" is the delimiter, not <<-
+		"echo a\\ #'\n{{.attrs.v}}\n'\n",                                     // an escaped space does not start a comment
+		"echo $'\\' {{.attrs.v}} '\n",                                        // inside $'…'
+		"{{if .attrs.tls}}echo 'on:{{else}}echo 'off:{{end}}{{.attrs.v}}'\n", // branches that open quotes
+		"echo $(( {{.attrs.v}} ))\n",                                         // arithmetic
+		"(( n = {{.attrs.v}} ))\n",
+		"[[ 1 -eq {{.attrs.v}} ]]\n",
+		"echo ${a[{{.attrs.v}}]}\n",
+		"echo ${x:{{.attrs.v}}}\n",
+		"let n={{.attrs.v}}\n",
+		"a[{{.attrs.v}}]=1\n",
+		"declare -i n={{.attrs.v}}\n",
+		"eval {{.attrs.v}}\n",
+		"printf -v {{.attrs.v}} %s x\n",
+		"{{.attrs.v}} --help\n", // the command word
+		"x=1 {{.attrs.v}}\n",
+		"if {{.attrs.v}}; then :; fi\n",
+		"sudo {{.attrs.v}}\n",
+		"bash -c {{.attrs.v}}\n",
+		"ssh host {{.attrs.v}}\n",
+		"echo $(echo \"{{.attrs.v}}\")\n",
+		"trap {{.attrs.v}} EXIT\n",
+		"echo ${{.attrs.v}}\n",
+	} {
+		if _, err := services.ParseFragment("f", src); err == nil {
+			t.Errorf("%q was accepted", src)
+		}
+	}
+}
+
+// Fragments a backend author writes every day stay accepted, and bash runs
+// them with a hostile value as plain data.
+func TestParseFragmentKeepsOrdinaryScripts(t *testing.T) {
+	hostile := "a'b\"c$(touch pwned)`touch pwned`;touch pwned|x&y\nz\\ ${IFS} a[$(touch pwned)]"
+	dir := t.TempDir()
+	for _, src := range []string{
+		"printf '%s' {{ .attrs.v }} > out",
+		"x={{ .attrs.v }}; printf '%s' \"$x\" > out",
+		"mkdir -p sites && printf %s {{ .attrs.v }} >sites/{{ .name }}.conf && cat sites/{{ .name }}.conf > out",
+		"f() { printf %s \"$1\" > out; }\nf {{ .attrs.v }}",
+		"for w in {{ .attrs.v }}; do printf %s \"$w\" > out; done",
+		"case {{ .attrs.v }} in\n  *) printf %s {{ .attrs.v }} > out ;;\nesac",
+		"cat <<'EOF' > /dev/null\nliteral $HOME\nEOF\nprintf %s {{ .attrs.v }} > out",
+		"if [ -n {{ .attrs.v }} ]; then printf %s {{ .attrs.v }} > out; fi",
+		"n=$(printf %s {{ .attrs.v }} | wc -c); printf %s {{ .attrs.v }} > out",
+		"{{ if .attrs.v }}printf %s {{ .attrs.v }} > out{{ else }}exit 1{{ end }}",
+	} {
+		script := render(t, src, sampleData(map[string]any{"v": hostile}))
+		cmd := exec.Command("/bin/bash", "-c", script)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%q rendered\n%s\nbash: %v %s", src, script, err, out)
+		}
+		got, err := os.ReadFile(filepath.Join(dir, "out"))
+		if err != nil || string(got) != hostile {
+			t.Errorf("%q: bash wrote %q, want the value as it is", src, got)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "pwned")); err == nil {
+			t.Fatalf("%q: the value ran a command", src)
 		}
 	}
 }
