@@ -761,3 +761,18 @@ func TestTokens(t *testing.T) {
 	}
 	e.call(t, "DELETE", "/v1/tokens/ci", e.admin, nil, nil).want(t, http.StatusNotFound)
 }
+
+// A token is shown once and never kept, so creating one takes no
+// Idempotency-Key: a kept answer would hand the token out again.
+func TestTokenCreationIsNeverKept(t *testing.T) {
+	e := newEnv(t)
+	before := e.lastSeq(t)
+	p := e.call(t, "POST", "/v1/tokens", e.admin, obj{"name": "kept", "role": "viewer"},
+		map[string]string{"Idempotency-Key": "k1"}).want(t, http.StatusUnprocessableEntity)
+	if p["field"] != "Idempotency-Key" {
+		t.Fatalf("field = %v, want Idempotency-Key", p["field"])
+	}
+	if e.lastSeq(t) != before {
+		t.Fatal("the refused request issued a token")
+	}
+}

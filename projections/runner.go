@@ -182,7 +182,9 @@ func (r *Runner) commitLoop(ctx context.Context, p *pending) error {
 		if seq == 0 {
 			continue
 		}
-		if err := r.store.Commit(ctx, r.proj.Name(), seq, rows); err != nil {
+		// A commit under way finishes even when the runner is stopping:
+		// cancelling it would only throw its work away.
+		if err := r.store.Commit(context.WithoutCancel(ctx), r.proj.Name(), seq, rows); err != nil {
 			return fmt.Errorf("projection %s: commit %d: %w", r.proj.Name(), seq, err)
 		}
 		last = time.Now()
