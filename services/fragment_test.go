@@ -262,6 +262,7 @@ func TestParseFragmentRefusesEveryKnownEscape(t *testing.T) {
 		"echo $(echo \"{{.attrs.v}}\")\n",
 		"trap {{.attrs.v}} EXIT\n",
 		"echo ${{.attrs.v}}\n",
+		"case x in\n  *) {{.attrs.v}} ;;\nesac\n", // the command word of a case branch
 	} {
 		if _, err := services.ParseFragment("f", src); err == nil {
 			t.Errorf("%q was accepted", src)

@@ -350,7 +350,8 @@ func (s *scanner) command1(i int) (int, string) {
 				return i, ""
 			}
 		}
-		s.cmdPos, s.command, s.printfV = false, "", false
+		// After a subshell or a case pattern a command may follow.
+		s.cmdPos, s.command, s.printfV = true, "", false
 	case c == '\n':
 		return s.newline(i)
 	case c == ';' || c == '&' || c == '|':
