@@ -1,7 +1,6 @@
 package services
 
 import (
-
 	"github.com/orchestra-fleet/orchestra/events"
 )
 
