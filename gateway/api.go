@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/projections"
 	"github.com/orchestra-fleet/orchestra/services"
 )
@@ -36,6 +37,12 @@ type Reader interface {
 	List(ctx context.Context, q projections.Query) ([]projections.Row, error)
 }
 
+// Previewer plans a change that is not in the log (a dry run) once its
+// model has reached seq.
+type Previewer interface {
+	Preview(ctx context.Context, seq uint64, unit []events.Payload) (projections.UnitPlan, error)
+}
+
 // Waiter tells how far a read model is and waits for it to get further.
 type Waiter interface {
 	WaitFor(ctx context.Context, seq uint64) error
@@ -47,6 +54,7 @@ type api struct {
 	svc      *services.Service
 	rows     Reader
 	model    Waiter
+	planner  Previewer
 	idem     IdempotencyStore
 	now      func() time.Time
 	busy     sync.Map // scope + key → struct{}: idempotent requests running now
@@ -97,6 +105,7 @@ func Routes() []Route {
 		Route{"PUT", "/v1/resources/{type}/{name}", res.role, res.put(resName)},
 		Route{"DELETE", "/v1/resources/{type}/{name}", res.role, res.delete(resName)},
 		Route{"POST", "/v1/apply", services.RoleOperator, (*api).apply},
+		Route{"POST", "/v1/plan", services.RoleOperator, (*api).plan},
 		Route{"GET", "/v1/tokens", services.RoleAdmin, (*api).listTokens},
 		Route{"POST", "/v1/tokens", services.RoleAdmin, (*api).createToken},
 		Route{"DELETE", "/v1/tokens/{name}", services.RoleAdmin, (*api).revokeToken},
@@ -360,6 +369,44 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request, p services.Principal
 	}
 	w.Header().Set(HeaderSequence, strconv.FormatUint(res.Sequence, 10))
 	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+// planResult is a dry run: what each object would become, and what would
+// run where.
+type planResult struct {
+	Objects []services.ObjectResult `json:"objects"`
+	projections.UnitPlan
+}
+
+// plan answers what an apply of the body would run where, appending
+// nothing. Secrets in the scripts are masked.
+func (a *api) plan(w http.ResponseWriter, r *http.Request, p services.Principal) error {
+	body, err := readBody(r)
+	if err != nil {
+		return err
+	}
+	req, err := services.DecodeApply(body)
+	if err != nil {
+		return err
+	}
+	res, unit, err := a.svc.Preview(r.Context(), p, req)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), a.readWait)
+	defer cancel()
+	up, err := a.planner.Preview(ctx, res.Sequence, unit)
+	if err != nil {
+		return services.Errorf(services.EUNAVAILABLE, "the planner has not caught up with sequence %d within %s; retry", res.Sequence, a.readWait)
+	}
+	if up.Servers == nil {
+		up.Servers = []projections.ServerPlan{}
+	}
+	if up.Dropped == nil {
+		up.Dropped = []projections.Dropped{}
+	}
+	writeJSON(w, http.StatusOK, planResult{Objects: res.Objects, UnitPlan: up})
 	return nil
 }
 

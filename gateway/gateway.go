@@ -26,6 +26,7 @@ type Config struct {
 	Service     *services.Service
 	Rows        Reader
 	Model       Waiter
+	Planner     Previewer
 	Idempotency IdempotencyStore
 	Logger      *slog.Logger
 	// ReadWait bounds how long a read waits for the read model to catch up
@@ -60,6 +61,9 @@ func (c Config) Validate() error {
 	}
 	if c.Idempotency == nil {
 		errs = append(errs, errors.New("gateway: Idempotency is required with Service"))
+	}
+	if c.Planner == nil {
+		errs = append(errs, errors.New("gateway: Planner is required with Service"))
 	}
 	return errors.Join(errs...)
 }
@@ -98,7 +102,7 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		return mux, nil
 	}
 	a := &api{
-		svc: cfg.Service, rows: cfg.Rows, model: cfg.Model, idem: cfg.Idempotency,
+		svc: cfg.Service, rows: cfg.Rows, model: cfg.Model, planner: cfg.Planner, idem: cfg.Idempotency,
 		log: cfg.Logger, readWait: cfg.ReadWait, now: cfg.Now,
 	}
 	for _, rt := range Routes() {

@@ -104,13 +104,26 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		}
 	})
 	runner := projections.NewRunner(projections.NewModel(reg), db, store)
+	planner := projections.NewPlanner(reg, routeexpr.Compiler{})
 	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	done := make(chan error, 2)
 	go func() { done <- runner.Run(runCtx) }()
+	go func() {
+		done <- store.Follow(runCtx, 1, func(batch []events.Envelope) error {
+			for _, e := range batch {
+				if err := planner.Observe(e); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}()
 	t.Cleanup(func() {
 		stop()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("projection runner stopped: %v", err)
+		for range 2 {
+			if err := <-done; !errors.Is(err, context.Canceled) {
+				t.Errorf("a log follower stopped: %v", err)
+			}
 		}
 	})
 
@@ -128,6 +141,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		Service:     svc,
 		Rows:        db,
 		Model:       runner,
+		Planner:     planner,
 		Idempotency: db,
 		Logger:      slog.New(failOnError{t, slog.NewTextHandler(testWriter{t}, nil)}),
 	}

@@ -74,9 +74,51 @@ type Runner struct {
 	store Store
 	src   Source
 
+	progress
+}
+
+// progress is how far a projection has got, and a way to wait for it.
+type progress struct {
 	mu      sync.Mutex
 	seq     uint64
-	advance chan struct{} // closed and replaced whenever seq moves
+	advance chan struct{} // closed and replaced whenever seq moves; nil until then
+}
+
+func (p *progress) moved(seq uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.seq = seq
+	if p.advance != nil {
+		close(p.advance)
+	}
+	p.advance = make(chan struct{})
+}
+
+// Seq is the sequence the projection has reached.
+func (p *progress) Seq() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.seq
+}
+
+// WaitFor returns once the projection has reached seq, or ctx's error.
+func (p *progress) WaitFor(ctx context.Context, seq uint64) error {
+	for {
+		p.mu.Lock()
+		if p.advance == nil {
+			p.advance = make(chan struct{})
+		}
+		reached, advance := p.seq >= seq, p.advance
+		p.mu.Unlock()
+		if reached {
+			return nil
+		}
+		select {
+		case <-advance:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // MinCommitInterval is the least time between two commits of a runner.
@@ -88,7 +130,7 @@ const maxPendingRows = 5000
 
 // NewRunner returns a runner for proj.
 func NewRunner(proj Projection, store Store, src Source) *Runner {
-	return &Runner{proj: proj, store: store, src: src, advance: make(chan struct{})}
+	return &Runner{proj: proj, store: store, src: src}
 }
 
 // pending is what the runner has read and not yet committed.
@@ -189,37 +231,5 @@ func (r *Runner) commitLoop(ctx context.Context, p *pending) error {
 		}
 		last = time.Now()
 		r.moved(seq)
-	}
-}
-
-func (r *Runner) moved(seq uint64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.seq = seq
-	close(r.advance)
-	r.advance = make(chan struct{})
-}
-
-// Seq is the sequence the read model has reached.
-func (r *Runner) Seq() uint64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.seq
-}
-
-// WaitFor returns once the read model has reached seq, or ctx's error.
-func (r *Runner) WaitFor(ctx context.Context, seq uint64) error {
-	for {
-		r.mu.Lock()
-		reached, advance := r.seq >= seq, r.advance
-		r.mu.Unlock()
-		if reached {
-			return nil
-		}
-		select {
-		case <-advance:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
 	}
 }

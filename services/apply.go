@@ -213,13 +213,58 @@ type change struct {
 // applyOnce decides every draft against the current state, checks the
 // references of the whole unit, and commits it.
 func (s *Service) applyOnce(ctx context.Context, p Principal, req ApplyRequest, drafts []draft) (ApplyResult, error) {
+	d, err := s.decideUnit(p, req, drafts)
+	if err != nil || d.unit.Len() == 0 {
+		return d.result, err
+	}
+	appended, err := s.commit(ctx, d.unit, d.payloads)
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	res := d.result
+	res.Unit = d.unit.ID.String()
+	res.Sequence = appended.Last
+	for n, i := range d.written {
+		if !d.changes[i].deleted {
+			res.Objects[i].Version = appended.First + uint64(n)
+		}
+	}
+	return res, nil
+}
+
+// Preview decides req as Apply would and returns what the unit of work
+// would hold, appending nothing: the result and the payloads in unit order.
+func (s *Service) Preview(ctx context.Context, p Principal, req ApplyRequest) (ApplyResult, []events.Payload, error) {
+	if len(req.Objects) == 0 {
+		return ApplyResult{}, nil, FieldErrorf(EINVALID, "objects", "is empty: nothing to plan")
+	}
+	drafts, err := s.prepare(p, req)
+	if err != nil {
+		return ApplyResult{}, nil, err
+	}
+	d, err := serialized(ctx, s, func() (decided, error) { return s.decideUnit(p, req, drafts) })
+	return d.result, d.payloads, err
+}
+
+// decided is a unit of work decided and not yet committed.
+type decided struct {
+	result   ApplyResult
+	unit     *Unit
+	payloads []events.Payload
+	changes  []change
+	written  []int // index in changes of each event
+}
+
+// decideUnit decides every draft against the current state, checks the
+// references of the whole unit, and builds the unit.
+func (s *Service) decideUnit(p Principal, req ApplyRequest, drafts []draft) (decided, error) {
 	s.mu.RLock()
 	changes := make([]change, len(drafts))
 	var err error
 	for i, d := range drafts {
 		if changes[i], err = s.decide(d); err != nil {
 			s.mu.RUnlock()
-			return ApplyResult{}, at(i, req.Single, d.ref, err)
+			return decided{}, at(i, req.Single, d.ref, err)
 		}
 		changes[i].index = i
 	}
@@ -231,45 +276,27 @@ func (s *Service) applyOnce(ctx context.Context, p Principal, req ApplyRequest, 
 	}
 	s.mu.RUnlock()
 	if err != nil {
-		return ApplyResult{}, err
+		return decided{}, err
 	}
 
 	u, err := NewUnit(events.Meta{Actor: p.Name, CorrelationID: req.CorrelationID}, s.cfg.Now())
 	if err != nil {
-		return ApplyResult{}, err
+		return decided{}, err
 	}
-	var payloads []events.Payload
-	var written []int // index in changes of each event
+	d := decided{unit: u, changes: changes, result: ApplyResult{Sequence: seq, Objects: make([]ObjectResult, len(changes))}}
 	for i, c := range changes {
+		d.result.Objects[i] = c.result
 		if c.payload == nil {
 			continue
 		}
 		u.Expect(c.ref.Aggregate(), versions[i])
 		if err := u.Add(c.ref.Aggregate(), c.payload); err != nil {
-			return ApplyResult{}, at(i, req.Single, c.ref, invalid(err))
+			return decided{}, at(i, req.Single, c.ref, invalid(err))
 		}
-		payloads = append(payloads, c.payload)
-		written = append(written, i)
+		d.payloads = append(d.payloads, c.payload)
+		d.written = append(d.written, i)
 	}
-	res := ApplyResult{Sequence: seq, Objects: make([]ObjectResult, len(changes))}
-	for i, c := range changes {
-		res.Objects[i] = c.result
-	}
-	if u.Len() == 0 {
-		return res, nil
-	}
-	appended, err := s.commit(ctx, u, payloads)
-	if err != nil {
-		return ApplyResult{}, err
-	}
-	res.Unit = u.ID.String()
-	res.Sequence = appended.Last
-	for n, i := range written {
-		if !changes[i].deleted {
-			res.Objects[i].Version = appended.First + uint64(n)
-		}
-	}
-	return res, nil
+	return d, nil
 }
 
 // decide turns one draft into its change. The caller holds s.mu.

@@ -54,14 +54,16 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 	if err != nil {
 		return nil, err
 	}
-	if err := svc.Sync(ctx); err != nil {
+	planner := projections.NewPlanner(reg, routeexpr.Compiler{})
+	follower := logFollower{store, []observer{svc, planner}}
+	if err := follower.catchUp(ctx); err != nil {
 		return nil, err
 	}
 	if err := bootstrapToken(ctx, svc, filepath.Join(dataDir, adminTokenFile), log); err != nil {
 		return nil, err
 	}
-	c := &core{svc: svc, store: store, runner: projections.NewRunner(projections.NewModel(reg), db, logFollower{store, svc})}
-	gw.Service, gw.Rows, gw.Model, gw.Idempotency, gw.Logger = svc, db, c.runner, db, log
+	c := &core{svc: svc, store: store, runner: projections.NewRunner(projections.NewModel(reg), db, follower)}
+	gw.Service, gw.Rows, gw.Model, gw.Planner, gw.Idempotency, gw.Logger = svc, db, c.runner, planner, db, log
 	h, err := gateway.NewHandler(gw)
 	if err != nil {
 		return nil, err
@@ -80,21 +82,54 @@ func (c *core) run(ctx context.Context) error {
 	return err
 }
 
-// logFollower is the read model's source: one consumer of the log feeds
-// the write model too, so changes made by other processes reach this one's
-// decisions without a second consumer.
-type logFollower struct {
-	store *eventstore.Store
-	svc   *services.Service
+// observer is what follows the log in memory: the write model and the
+// planner's model.
+type observer interface {
+	Observe(events.Envelope) error
+	Seq() uint64
 }
 
-// Follow implements projections.Source. It starts where the write model or
-// the read model is behind, whichever is earlier; the write model skips
-// what it has folded, and the read model gets events from from on.
+// logFollower is the read model's source: one consumer of the log feeds
+// the in-memory models too, so changes made by other processes reach this
+// one without a consumer each.
+type logFollower struct {
+	store     *eventstore.Store
+	observers []observer
+}
+
+// catchUp folds the whole log into the observers, once, at start.
+func (f logFollower) catchUp(ctx context.Context) error {
+	for e, err := range f.store.Read(ctx, 1) {
+		if err != nil {
+			return fmt.Errorf("replay the log: %w", err)
+		}
+		if err := f.observe(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f logFollower) observe(e events.Envelope) error {
+	for _, o := range f.observers {
+		if err := o.Observe(e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Follow implements projections.Source. It starts where an observer or
+// the read model is behind, whichever is earliest; observers skip what they
+// have folded, and the read model gets events from from on.
 func (f logFollower) Follow(ctx context.Context, from uint64, fn func([]events.Envelope) error) error {
-	return f.store.Follow(ctx, min(from, f.svc.Seq()+1), func(batch []events.Envelope) error {
+	start := from
+	for _, o := range f.observers {
+		start = min(start, o.Seq()+1)
+	}
+	return f.store.Follow(ctx, start, func(batch []events.Envelope) error {
 		for _, e := range batch {
-			if err := f.svc.Observe(e); err != nil {
+			if err := f.observe(e); err != nil {
 				return err
 			}
 		}
