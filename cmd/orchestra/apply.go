@@ -114,6 +114,108 @@ func locate(file string, docs []document, err error) error {
 	return fmt.Errorf("%s:%d: document %d: %w", file, docs[i].Line, i+1, &out)
 }
 
+// applyBody is the body of POST /v1/apply and /v1/plan.
+type applyBody struct {
+	Objects []json.RawMessage `json:"objects"`
+}
+
+// readApplyFile reads and parses an apply file (- for standard input).
+func readApplyFile(cmd *cobra.Command, file string) ([]document, applyBody, error) {
+	if file == "" {
+		return nil, applyBody{}, usageError{errors.New("-f: the file is required")}
+	}
+	var data []byte
+	var err error
+	if file == "-" {
+		data, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), maxApplyFile+1))
+	} else {
+		data, err = os.ReadFile(file)
+	}
+	if err != nil {
+		return nil, applyBody{}, err
+	}
+	docs, err := parseApplyFile(data)
+	if err != nil {
+		return nil, applyBody{}, fmt.Errorf("%s: %w", file, err)
+	}
+	var body applyBody
+	for _, d := range docs {
+		body.Objects = append(body.Objects, d.JSON)
+	}
+	return docs, body, nil
+}
+
+func newPlanCommand() *cobra.Command {
+	var file, output string
+	cmd := &cobra.Command{
+		Use:   "plan -f FILE",
+		Short: "Show what applying a YAML file would run where, running and writing nothing",
+		Long: "A dry run of `orchestra apply`: prints `# <backend> on <server>` and each script (secrets masked),\n" +
+			"scripts with nothing to do, and operations no route takes.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			docs, body, err := readApplyFile(cmd, file)
+			if err != nil {
+				return err
+			}
+			c, err := newClient()
+			if err != nil {
+				return err
+			}
+			var res struct {
+				Plans []struct {
+					Server  string `json:"server"`
+					Scripts []struct {
+						Backend string `json:"backend"`
+						Script  string `json:"script"`
+						State   string `json:"state"`
+						Reason  string `json:"reason"`
+					} `json:"scripts"`
+				} `json:"plans"`
+				Dropped []struct {
+					Operation struct{ Backend, Action, Resource string } `json:"operation"`
+					Route     string                                     `json:"route"`
+					Reason    string                                     `json:"reason"`
+				} `json:"dropped"`
+			}
+			var raw json.RawMessage
+			if err := c.do(cmd.Context(), "POST", "/v1/plan", body, &raw); err != nil {
+				return locate(file, docs, err)
+			}
+			if output != "table" {
+				return printData(cmd.OutOrStdout(), output, raw)
+			}
+			if err := json.Unmarshal(raw, &res); err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			for _, p := range res.Plans {
+				for _, s := range p.Scripts {
+					fmt.Fprintf(w, "# %s on %s\n", s.Backend, p.Server)
+					if s.State != "RECEIVED" {
+						fmt.Fprintf(w, "# %s: %s\n\n", s.State, s.Reason)
+						continue
+					}
+					fmt.Fprintln(w, s.Script)
+				}
+			}
+			for _, d := range res.Dropped {
+				fmt.Fprintf(w, "# dropped: %s %s of %s: %s %s\n", d.Operation.Backend, d.Operation.Action, d.Operation.Resource, d.Route, d.Reason)
+			}
+			if len(res.Plans) == 0 && len(res.Dropped) == 0 {
+				fmt.Fprintln(w, "# nothing to run")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "", "YAML file to plan (- for standard input)")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, json or yaml")
+	return cmd
+}
+
 func newApplyCommand() *cobra.Command {
 	var file, output string
 	cmd := &cobra.Command{
@@ -123,35 +225,16 @@ func newApplyCommand() *cobra.Command {
 			"The whole file is one unit of work: every change is written, or none is. Use -f - for standard input.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if file == "" {
-				return usageError{errors.New("-f: the file to apply is required")}
-			}
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			var data []byte
-			var err error
-			if file == "-" {
-				data, err = io.ReadAll(io.LimitReader(cmd.InOrStdin(), maxApplyFile+1))
-			} else {
-				data, err = os.ReadFile(file)
-			}
+			docs, body, err := readApplyFile(cmd, file)
 			if err != nil {
 				return err
-			}
-			docs, err := parseApplyFile(data)
-			if err != nil {
-				return fmt.Errorf("%s: %w", file, err)
 			}
 			c, err := newClient()
 			if err != nil {
 				return err
-			}
-			body := struct {
-				Objects []json.RawMessage `json:"objects"`
-			}{}
-			for _, d := range docs {
-				body.Objects = append(body.Objects, d.JSON)
 			}
 			var res struct {
 				Unit     string `json:"unit"`

@@ -83,6 +83,20 @@ func TestApplyExampleSurvivesRestart(t *testing.T) {
 		}
 	}
 	check(p)
+	// A dry run shows what a change would run where, writes nothing, and
+	// masks secrets.
+	change := filepath.Join(dir, "change.yml")
+	if err := os.WriteFile(change, []byte("kind: Resource\ntype: mailbox\nname: bob\nattrs: {quota_mb: 10}\nsecrets: {password: hunter2-plain}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code = p.cli(t, dir, "plan", "-f", change)
+	if code != 0 || !strings.Contains(out, "# mailbox on mail1\n") || !strings.Contains(out, "mail/'bob'") ||
+		strings.Contains(out, "hunter2-plain") || !strings.Contains(out, "ORC_SECRET_password='****'") {
+		t.Fatalf("plan exited %d:\n%s%s", code, out, errOut)
+	}
+	if _, errOut, code := p.cli(t, dir, "get", "resource", "mailbox/bob"); code != 1 || !strings.Contains(errOut, "does not exist") {
+		t.Fatalf("the dry run wrote the resource (exit %d): %s", code, errOut)
+	}
 	// Applying the same file again changes nothing.
 	if out, _, code := p.cli(t, dir, "apply", "-f", example); code != 0 || !strings.Contains(out, "nothing changed") {
 		t.Fatalf("second apply (exit %d):\n%s", code, out)
