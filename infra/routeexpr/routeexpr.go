@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/expr-lang/expr"
+	"github.com/expr-lang/expr/ast"
 	"github.com/expr-lang/expr/file"
 	"github.com/expr-lang/expr/vm"
 
@@ -62,7 +63,45 @@ func (Compiler) Compile(src string) (services.Matcher, error) {
 		}
 		return nil, &services.MatchError{Reason: err.Error()}
 	}
+	if reason := unbounded(prog.Node()); reason != "" {
+		return nil, &services.MatchError{Reason: reason}
+	}
 	return matcher{prog}, nil
+}
+
+// unbounded refuses what could make one evaluation run for ever: a range
+// (0..N), and a predicate (all, any, filter, map, …) inside another one. A
+// match then takes time at most in proportion to the resource's size.
+func unbounded(root ast.Node) string {
+	var c loopCheck
+	ast.Walk(&root, &c)
+	return c.reason
+}
+
+type loopCheck struct{ reason string }
+
+func (c *loopCheck) Visit(node *ast.Node) {
+	switch n := (*node).(type) {
+	case *ast.BinaryNode:
+		if n.Operator == ".." && c.reason == "" {
+			c.reason = "ranges (a..b) are not allowed in a match"
+		}
+	case *ast.PredicateNode:
+		var inner closureCount
+		ast.Walk(&n.Node, &inner)
+		if inner > 0 && c.reason == "" {
+			c.reason = "a predicate (all, any, filter, map, …) inside another one is not allowed in a match"
+		}
+	}
+}
+
+// closureCount counts the closures of a subtree.
+type closureCount int
+
+func (c *closureCount) Visit(node *ast.Node) {
+	if _, ok := (*node).(*ast.PredicateNode); ok {
+		*c++
+	}
 }
 
 // goNames hides the Go types behind the environment from messages.

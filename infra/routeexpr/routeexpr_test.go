@@ -178,3 +178,16 @@ func FuzzRouteMatch(f *testing.F) {
 		_, _ = m.Match(services.MatchInput{})
 	})
 }
+
+// A match runs in the planner for every operation: what could run for ever
+// (ranges, predicates inside predicates) is refused when the route is saved.
+func TestCompileRefusesUnboundedLoops(t *testing.T) {
+	for _, src := range []string{`all(0..99999, all(0..99999, true))`, `any(resource.attrs.l, all(resource.attrs.l, true))`, `len(0..5) > 1`} {
+		if _, err := (routeexpr.Compiler{}).Compile(src); err == nil {
+			t.Errorf("%s compiled", src)
+		}
+	}
+	if _, err := (routeexpr.Compiler{}).Compile(`all(resource.attrs.l, # > 0)`); err != nil {
+		t.Errorf("one predicate: %v", err)
+	}
+}
