@@ -64,7 +64,7 @@ func TestMatchRunTimeErrors(t *testing.T) {
 		`resource.attrs.note > 1`,           // a string compared with a number
 		`resource.attrs.tls + 1 > 0`,        // a bool in arithmetic
 		`resource.attrs.missing.deeper`,     // nil has no fields, and it is not a bool
-		`len(repeat("x", 100000000)) > 0`,             // beyond the memory budget
+		`len(repeat("x", 100000000)) > 0`,   // beyond the memory budget
 		`resource.attrs.note`,               // not a bool at run time
 		`resource.attrs.aliases[5] == "x"`,  // out of range
 		`int(resource.attrs.note) == 1`,     // not a number
