@@ -353,16 +353,22 @@ func objectPath(o services.ObjectResult) string {
 	return base + "/" + strings.Join(segs, "/")
 }
 
-func (a *api) apply(w http.ResponseWriter, r *http.Request, p services.Principal) error {
+// decodeApply reads the body of POST /v1/apply and /v1/plan.
+func decodeApply(r *http.Request) (services.ApplyRequest, error) {
 	body, err := readBody(r)
 	if err != nil {
-		return err
+		return services.ApplyRequest{}, err
 	}
 	req, err := services.DecodeApply(body)
+	req.CorrelationID = correlation(r)
+	return req, err
+}
+
+func (a *api) apply(w http.ResponseWriter, r *http.Request, p services.Principal) error {
+	req, err := decodeApply(r)
 	if err != nil {
 		return err
 	}
-	req.CorrelationID = correlation(r)
 	res, err := a.svc.Apply(r.Context(), p, req)
 	if err != nil {
 		return err
@@ -382,11 +388,7 @@ type planResult struct {
 // plan answers what an apply of the body would run where, appending
 // nothing. Secrets in the scripts are masked.
 func (a *api) plan(w http.ResponseWriter, r *http.Request, p services.Principal) error {
-	body, err := readBody(r)
-	if err != nil {
-		return err
-	}
-	req, err := services.DecodeApply(body)
+	req, err := decodeApply(r)
 	if err != nil {
 		return err
 	}

@@ -145,6 +145,30 @@ func readApplyFile(cmd *cobra.Command, file string) ([]document, applyBody, erro
 	return docs, body, nil
 }
 
+// sendFile posts the objects of an apply file to path and returns the
+// answer; with -o json or yaml it prints it too (printed). An error about
+// objects[i] names the file, the document and its line.
+func sendFile(cmd *cobra.Command, file, output, path string) (raw json.RawMessage, printed bool, err error) {
+	if err := checkOutput(output); err != nil {
+		return nil, false, err
+	}
+	docs, body, err := readApplyFile(cmd, file)
+	if err != nil {
+		return nil, false, err
+	}
+	c, err := newClient()
+	if err != nil {
+		return nil, false, err
+	}
+	if err := c.do(cmd.Context(), "POST", path, body, &raw); err != nil {
+		return nil, false, locate(file, docs, err)
+	}
+	if output != "table" {
+		return raw, true, printData(cmd.OutOrStdout(), output, raw)
+	}
+	return raw, false, nil
+}
+
 func newPlanCommand() *cobra.Command {
 	var file, output string
 	cmd := &cobra.Command{
@@ -154,15 +178,8 @@ func newPlanCommand() *cobra.Command {
 			"scripts with nothing to do, and operations no route takes.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkOutput(output); err != nil {
-				return err
-			}
-			docs, body, err := readApplyFile(cmd, file)
-			if err != nil {
-				return err
-			}
-			c, err := newClient()
-			if err != nil {
+			raw, printed, err := sendFile(cmd, file, output, "/v1/plan")
+			if err != nil || printed {
 				return err
 			}
 			var res struct {
@@ -180,13 +197,6 @@ func newPlanCommand() *cobra.Command {
 					Route     string                                     `json:"route"`
 					Reason    string                                     `json:"reason"`
 				} `json:"dropped"`
-			}
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "POST", "/v1/plan", body, &raw); err != nil {
-				return locate(file, docs, err)
-			}
-			if output != "table" {
-				return printData(cmd.OutOrStdout(), output, raw)
 			}
 			if err := json.Unmarshal(raw, &res); err != nil {
 				return err
@@ -225,15 +235,8 @@ func newApplyCommand() *cobra.Command {
 			"The whole file is one unit of work: every change is written, or none is. Use -f - for standard input.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkOutput(output); err != nil {
-				return err
-			}
-			docs, body, err := readApplyFile(cmd, file)
-			if err != nil {
-				return err
-			}
-			c, err := newClient()
-			if err != nil {
+			raw, printed, err := sendFile(cmd, file, output, "/v1/apply")
+			if err != nil || printed {
 				return err
 			}
 			var res struct {
@@ -247,11 +250,8 @@ func newApplyCommand() *cobra.Command {
 					Changed []string `json:"changed"`
 				} `json:"objects"`
 			}
-			if err := c.do(cmd.Context(), "POST", "/v1/apply", body, &res); err != nil {
-				return locate(file, docs, err)
-			}
-			if output != "table" {
-				return printData(cmd.OutOrStdout(), output, res)
+			if err := json.Unmarshal(raw, &res); err != nil {
+				return err
 			}
 			w := cmd.OutOrStdout()
 			for _, o := range res.Objects {
