@@ -10,6 +10,7 @@ func Catalog() []Payload {
 		&RouteSaved{}, &RouteDeleted{},
 		&ResourceSaved{}, &ResourceDeleted{},
 		&TokenCreated{}, &TokenRevoked{},
+		&ResourceActionRequested{}, &ServerSyncRequested{}, &ScriptRetryRequested{},
 	}
 }
 
@@ -20,4 +21,5 @@ const (
 	AggRoute    = "route"
 	AggResource = "resource"
 	AggToken    = "token"
+	AggScript   = "script" // a script's retries
 )

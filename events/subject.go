@@ -192,3 +192,43 @@ func unhex(c byte) byte {
 	}
 	return c - 'A' + 10
 }
+
+// Subjects of plans and results (DESIGN.md §6).
+const (
+	execPrefix   = "orchestra.exec."
+	resultPrefix = "orchestra.res."
+	unitPrefix   = "orchestra.unit."
+	// SubjectUnits holds the records of planned units, on RESULTS.
+	SubjectUnits = "orchestra.unit.>"
+)
+
+// ExecSubject is server's queue of plans: orchestra.exec.<token(server)>.
+func ExecSubject(server string) (string, error) {
+	tok, err := Token(server)
+	if err != nil {
+		return "", err
+	}
+	return execPrefix + tok, nil
+}
+
+// ScriptSubject is where results about one script go:
+// orchestra.res.<token(server)>.<script id>.<result type>.
+func ScriptSubject(server string, script fmt.Stringer, resultType string) (string, error) {
+	tok, err := Token(server)
+	if err != nil {
+		return "", err
+	}
+	return resultPrefix + tok + "." + script.String() + "." + resultType, nil
+}
+
+// ScriptFilter matches the results of one type (">" for every type) about
+// script, whatever its server.
+func ScriptFilter(script fmt.Stringer, resultType string) string {
+	return resultPrefix + "*." + script.String() + "." + resultType
+}
+
+// UnitSubject is where results about a unit of work go:
+// orchestra.unit.<unit id>.<result type>.
+func UnitSubject(unit fmt.Stringer, resultType string) string {
+	return unitPrefix + unit.String() + "." + resultType
+}

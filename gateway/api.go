@@ -55,6 +55,7 @@ type api struct {
 	rows     Reader
 	model    Waiter
 	planner  Previewer
+	scripts  ScriptLog
 	idem     IdempotencyStore
 	now      func() time.Time
 	busy     sync.Map // scope + key → struct{}: idempotent requests running now
@@ -104,6 +105,9 @@ func Routes() []Route {
 		Route{"GET", "/v1/resources/{type}/{name}", services.RoleViewer, res.get(resName)},
 		Route{"PUT", "/v1/resources/{type}/{name}", res.role, res.put(resName)},
 		Route{"DELETE", "/v1/resources/{type}/{name}", res.role, res.delete(resName)},
+		Route{"POST", "/v1/resources/{type}/{name}/actions/{action}", services.RoleOperator, (*api).action},
+		Route{"POST", "/v1/servers/{name}/sync", services.RoleOperator, (*api).sync},
+		Route{"POST", "/v1/scripts/{id}/retry", services.RoleOperator, (*api).retry},
 		Route{"POST", "/v1/apply", services.RoleOperator, (*api).apply},
 		Route{"POST", "/v1/plan", services.RoleOperator, (*api).plan},
 		Route{"GET", "/v1/tokens", services.RoleAdmin, (*api).listTokens},

@@ -27,6 +27,7 @@ type Config struct {
 	Rows        Reader
 	Model       Waiter
 	Planner     Previewer
+	Scripts     ScriptLog
 	Idempotency IdempotencyStore
 	Logger      *slog.Logger
 	// ReadWait bounds how long a read waits for the read model to catch up
@@ -65,6 +66,9 @@ func (c Config) Validate() error {
 	if c.Planner == nil {
 		errs = append(errs, errors.New("gateway: Planner is required with Service"))
 	}
+	if c.Scripts == nil {
+		errs = append(errs, errors.New("gateway: Scripts is required with Service"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -102,7 +106,7 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		return mux, nil
 	}
 	a := &api{
-		svc: cfg.Service, rows: cfg.Rows, model: cfg.Model, planner: cfg.Planner, idem: cfg.Idempotency,
+		svc: cfg.Service, rows: cfg.Rows, model: cfg.Model, planner: cfg.Planner, scripts: cfg.Scripts, idem: cfg.Idempotency,
 		log: cfg.Logger, readWait: cfg.ReadWait, now: cfg.Now,
 	}
 	for _, rt := range Routes() {

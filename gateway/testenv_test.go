@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/orchestra-fleet/orchestra/events"
@@ -26,6 +27,7 @@ import (
 	"github.com/orchestra-fleet/orchestra/infra/eventstore"
 	"github.com/orchestra-fleet/orchestra/infra/natsserver"
 	"github.com/orchestra-fleet/orchestra/infra/natstest"
+	"github.com/orchestra-fleet/orchestra/infra/planbus"
 	"github.com/orchestra-fleet/orchestra/infra/routeexpr"
 	"github.com/orchestra-fleet/orchestra/infra/secrets"
 	"github.com/orchestra-fleet/orchestra/infra/sqlite"
@@ -44,6 +46,9 @@ type env struct {
 	Svc    *services.Service
 	DB     *sqlite.DB
 	Runner *projections.Runner
+	// Dispatcher plans every unit onto the EXEC stream through Bus.
+	Dispatcher *projections.Dispatcher
+	Bus        *planbus.Bus
 
 	// Tokens, one per role; the admin one is the bootstrap token.
 	admin, operator, viewer string
@@ -105,9 +110,15 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	})
 	runner := projections.NewRunner(projections.NewModel(reg), db, store)
 	planner := projections.NewPlanner(reg, routeexpr.Compiler{})
+	bus, err := planbus.New(ctx, nats.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dispatcher := projections.NewDispatcher(reg, db, store, bus, projections.Renderer{Compiler: routeexpr.Compiler{}, Sealer: sealer})
 	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 2)
+	done := make(chan error, 3)
 	go func() { done <- runner.Run(runCtx) }()
+	go func() { done <- dispatcher.Run(runCtx) }()
 	go func() {
 		done <- store.Follow(runCtx, 1, func(batch []events.Envelope) error {
 			for _, e := range batch {
@@ -120,7 +131,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	}()
 	t.Cleanup(func() {
 		stop()
-		for range 2 {
+		for range 3 {
 			if err := <-done; !errors.Is(err, context.Canceled) {
 				t.Errorf("a log follower stopped: %v", err)
 			}
@@ -142,6 +153,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		Rows:        db,
 		Model:       runner,
 		Planner:     planner,
+		Scripts:     bus,
 		Idempotency: db,
 		Logger:      slog.New(failOnError{t, slog.NewTextHandler(testWriter{t}, nil)}),
 	}
@@ -155,7 +167,8 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 
-	e := &env{URL: srv.URL, NATS: nats.Server.ClientURL(), JS: nats.JS, Svc: svc, DB: db, Runner: runner, client: &http.Client{Timeout: time.Minute}}
+	e := &env{URL: srv.URL, NATS: nats.Server.ClientURL(), JS: nats.JS, Svc: svc, DB: db, Runner: runner, Dispatcher: dispatcher, Bus: bus,
+		client: &http.Client{Timeout: time.Minute}}
 	boot, err := svc.Bootstrap(ctx, nil)
 	if err != nil || boot.Token == "" {
 		t.Fatalf("bootstrap: %+v, %v", boot, err)
@@ -335,11 +348,15 @@ func (e *env) lastSeq(t testing.TB) uint64 {
 var fixtureObjects = []map[string]any{
 	{"kind": "Server", "name": "web1", "method": "local", "address": "127.0.0.1"},
 	{"kind": "Server", "name": "spare", "method": "local", "address": "127.0.0.1"},
-	{"kind": "Backend", "name": "vhost", "type": "website", "actions": map[string]string{"save": "echo {{ .name }}"}},
+	{"kind": "Backend", "name": "vhost", "type": "website", "actions": map[string]string{"save": "echo {{ .name }}", "reload": "echo reload {{ .name }}"}},
 	{"kind": "Backend", "name": "spare", "type": "website", "actions": map[string]string{"save": "echo {{ .name }}"}},
 	{"kind": "Route", "backend": "vhost", "server": "web1"},
 	{"kind": "Resource", "type": "website", "name": "shop", "attrs": map[string]any{"domain": "shop.example.com"}},
 }
+
+// fixtureScript is the script the planner's record of which is a fixture,
+// for the example of POST /v1/scripts/{id}/retry.
+var fixtureScript = uuid.MustParse("0192f1e0-6b1a-7c3e-9d2f-5a4b3c2d1e0f")
 
 // spareToken is the fixture token, for the example of DELETE /v1/tokens/{name}.
 const spareToken = "spare-token"
@@ -373,6 +390,11 @@ func (e *env) resetFixtures(t testing.TB) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	rec := &events.ScriptPlanned{ID: fixtureScript, Unit: fixtureScript, Sequence: 1, Server: "web1", Backend: "vhost", State: projections.StateReceived,
+		Operations: []events.OperationRef{{Backend: "vhost", Action: "save", Type: "website", Name: "shop"}}}
+	if err := e.Bus.Send(ctx, nil, []events.Result{rec}); err != nil {
+		t.Fatal(err)
+	}
 	tokens := map[string]bool{}
 	for _, tok := range e.listAll(t, "/v1/tokens", e.admin) {
 		tokens[tok["name"].(string)] = true

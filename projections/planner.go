@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"regexp"
 	"slices"
 	"strings"
 	"sync"
+	"text/template"
 
 	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/services"
@@ -78,11 +81,12 @@ func (m *PlanModel) Evolve(p events.Payload) {
 
 // Operation is what must happen because of a change: a backend's action on
 // a resource, with the resource's state to render it from (its last state,
-// for a delete).
+// for a delete). Server, when set, is the only server it may go to (a sync).
 type Operation struct {
 	Backend  string
 	Action   string
 	Resource events.Resource
+	Server   string
 }
 
 // MarshalJSON shows an operation as {backend, action, resource: "type/name"}.
@@ -91,11 +95,23 @@ func (o Operation) MarshalJSON() ([]byte, error) {
 		Backend  string `json:"backend"`
 		Action   string `json:"action"`
 		Resource string `json:"resource"`
-	}{o.Backend, o.Action, services.ResourceName(o.Resource.Type, o.Resource.Name)})
+		Server   string `json:"server,omitempty"`
+	}{o.Backend, o.Action, services.ResourceName(o.Resource.Type, o.Resource.Name), o.Server})
 }
 
+// Ref names the operation.
+func (o Operation) Ref() events.OperationRef {
+	return events.OperationRef{Backend: o.Backend, Action: o.Action, Type: o.Resource.Type, Name: o.Resource.Name}
+}
+
+// key identifies what merges: saves and deletes of one resource by one
+// backend merge; a custom action merges only with itself.
 func (o Operation) key() string {
-	return o.Backend + "\x00" + services.ResourceName(o.Resource.Type, o.Resource.Name)
+	k := o.Backend + "\x00" + services.ResourceName(o.Resource.Type, o.Resource.Name) + "\x00" + o.Server
+	if o.Action != ActionSave && o.Action != ActionDelete {
+		k += "\x00" + o.Action
+	}
+	return k
 }
 
 // Collect folds one unit of work's payloads, in unit order, into m and
@@ -109,66 +125,114 @@ func (o Operation) key() string {
 //     the last;
 //   - a change of a resource of a related type is a save of the main
 //     resource it names (even when the related one was deleted), unless a
-//     delete of the main resource is pending.
+//     delete of the main resource is pending;
+//   - a custom action is that action for every backend of the resource's
+//     type that defines it;
+//   - a sync of a server is a save, for that server only, of every resource
+//     of every backend with an active route to it;
+//   - a retry is each logged operation again, with the resource's current
+//     state; operations whose resource or backend is gone are left out.
 func (m *PlanModel) Collect(unit []events.Payload) []Operation {
-	var ops []Operation
-	pending := map[string]int{} // key → index in ops
-	add := func(op Operation) {
-		if i, ok := pending[op.key()]; ok {
-			if ops[i].Action == ActionDelete && op.Action != ActionDelete {
-				return // the main resource goes; saving it is moot
-			}
-			ops = slices.Delete(ops, i, i+1)
-			for k, j := range pending {
-				if j > i {
-					pending[k] = j - 1
-				}
-			}
-		}
-		pending[op.key()] = len(ops)
-		ops = append(ops, op)
-	}
+	c := collector{pending: map[string]int{}}
 	for _, p := range unit {
-		var res events.Resource
-		var changed []string
-		deleted, created := false, false
 		switch p := p.(type) {
 		case *events.ResourceSaved:
 			_, existed := m.resources[services.ResourceName(p.Resource.Type, p.Resource.Name)]
-			res, changed, created = p.Resource, p.Changed, !existed
+			m.Evolve(p)
+			m.changed(&c, p.Resource, p.Changed, !existed, false)
 		case *events.ResourceDeleted:
 			old, ok := m.resources[services.ResourceName(p.Type, p.Name)]
-			if !ok {
-				m.Evolve(p)
-				continue
+			m.Evolve(p)
+			if ok {
+				m.changed(&c, old, nil, false, true)
 			}
-			res, deleted = old, true
+		case *events.ResourceActionRequested:
+			res, ok := m.resources[services.ResourceName(p.Type, p.Name)]
+			for _, b := range m.sortedBackends() {
+				if _, defined := b.Actions[p.Action]; ok && defined && b.Type == p.Type {
+					c.add(Operation{Backend: b.Name, Action: p.Action, Resource: res})
+				}
+			}
+		case *events.ServerSyncRequested:
+			m.sync(&c, p.Server, p.Backend)
+		case *events.ScriptRetryRequested:
+			for _, ref := range p.Operations {
+				res, ok := m.resources[services.ResourceName(ref.Type, ref.Name)]
+				b, bok := m.backends[ref.Backend]
+				if _, defined := b.Actions[ref.Action]; ok && bok && defined && ref.Action != ActionDelete {
+					c.add(Operation{Backend: ref.Backend, Action: ref.Action, Resource: res})
+				}
+			}
 		default:
 			m.Evolve(p)
-			continue
 		}
-		m.Evolve(p)
-		for _, b := range m.sortedBackends() {
-			if b.Type == res.Type {
-				switch {
-				case deleted:
-					add(Operation{Backend: b.Name, Action: ActionDelete, Resource: res})
-				case created || !allIgnored(changed, b.IgnoreFields):
-					add(Operation{Backend: b.Name, Action: ActionSave, Resource: res})
-				}
-			}
-			for _, rel := range b.Related {
-				if rel.Type != res.Type {
-					continue
-				}
-				main, ok := m.resources[services.ResourceName(b.Type, attrString(res.Attrs, rel.Field))]
-				if ok {
-					add(Operation{Backend: b.Name, Action: ActionSave, Resource: main})
-				}
+	}
+	return c.ops
+}
+
+// collector gathers a unit's operations and merges them.
+type collector struct {
+	ops     []Operation
+	pending map[string]int // key → index in ops
+}
+
+func (c *collector) add(op Operation) {
+	if i, ok := c.pending[op.key()]; ok {
+		if c.ops[i].Action == ActionDelete && op.Action != ActionDelete {
+			return // the main resource goes; saving it is moot
+		}
+		c.ops = slices.Delete(c.ops, i, i+1)
+		for k, j := range c.pending {
+			if j > i {
+				c.pending[k] = j - 1
 			}
 		}
 	}
-	return ops
+	c.pending[op.key()] = len(c.ops)
+	c.ops = append(c.ops, op)
+}
+
+// changed adds the operations a saved (created or not) or deleted resource
+// calls for.
+func (m *PlanModel) changed(c *collector, res events.Resource, fields []string, created, deleted bool) {
+	for _, b := range m.sortedBackends() {
+		if b.Type == res.Type {
+			switch {
+			case deleted:
+				c.add(Operation{Backend: b.Name, Action: ActionDelete, Resource: res})
+			case created || !allIgnored(fields, b.IgnoreFields):
+				c.add(Operation{Backend: b.Name, Action: ActionSave, Resource: res})
+			}
+		}
+		for _, rel := range b.Related {
+			if rel.Type != res.Type {
+				continue
+			}
+			main, ok := m.resources[services.ResourceName(b.Type, attrString(res.Attrs, rel.Field))]
+			if ok {
+				c.add(Operation{Backend: b.Name, Action: ActionSave, Resource: main})
+			}
+		}
+	}
+}
+
+// sync adds a save, for server only, of every resource of every backend
+// (or only backend) with an active route to it, by backend and resource.
+func (m *PlanModel) sync(c *collector, server, backend string) {
+	for _, b := range m.sortedBackends() {
+		rt, ok := m.routes[services.RouteName(b.Name, server)]
+		if !ok || !rt.Active || backend != "" && b.Name != backend {
+			continue
+		}
+		if _, ok := b.Actions[ActionSave]; !ok {
+			continue
+		}
+		for _, name := range slices.Sorted(maps.Keys(m.resources)) {
+			if res := m.resources[name]; res.Type == b.Type {
+				c.add(Operation{Backend: b.Name, Action: ActionSave, Resource: res, Server: server})
+			}
+		}
+	}
 }
 
 func (m *PlanModel) sortedBackends() []events.Backend {
@@ -212,8 +276,10 @@ type Script struct {
 	Backend    string      `json:"backend"`
 	Executable string      `json:"executable"`
 	Timeout    string      `json:"timeout"`
+	Async      bool        `json:"async"`
 	Operations []Operation `json:"operations"`
 	Text       string      `json:"script,omitempty"`
+	Shown      string      `json:"-"` // Text with secrets masked, when it has secrets and the renderer shows
 	State      string      `json:"state"`
 	Reason     string      `json:"reason,omitempty"`
 }
@@ -243,6 +309,11 @@ type UnitPlan struct {
 type Renderer struct {
 	Compiler services.MatchCompiler
 	Sealer   services.Sealer
+	// Show also renders scripts with secrets masked, into Script.Shown.
+	Show bool
+	// MaxScript bounds a script's size (default DefaultMaxScript); a
+	// script that outgrows it is an ERROR.
+	MaxScript int
 }
 
 // Plan routes ops with m's routes and renders one plan per server: one
@@ -251,13 +322,18 @@ type Renderer struct {
 func (r Renderer) Plan(m *PlanModel, ops []Operation) UnitPlan {
 	var plan UnitPlan
 	perServer := map[string]map[string][]Operation{} // server → backend → ops
+	async := map[string]bool{}                       // route → async
 	for _, op := range ops {
 		b := m.backends[op.Backend]
 		taken := false
-		for _, name := range slices.Sorted(maps.Keys(m.routes)) {
+		for _, name := range m.routesOf(op) {
 			rt := m.routes[name]
 			srv, ok := m.servers[rt.Server]
-			if rt.Backend != op.Backend || !rt.Active || !ok || !srv.Active {
+			if !ok {
+				plan.Dropped = append(plan.Dropped, Dropped{Operation: op, Route: name, Reason: "route to server " + rt.Server + ", which does not exist"})
+				continue
+			}
+			if !rt.Active || !srv.Active {
 				continue
 			}
 			match, err := r.match(rt, b, srv, op)
@@ -273,6 +349,7 @@ func (r Renderer) Plan(m *PlanModel, ops []Operation) UnitPlan {
 				perServer[srv.Name] = map[string][]Operation{}
 			}
 			perServer[srv.Name][op.Backend] = append(perServer[srv.Name][op.Backend], op)
+			async[name] = rt.Async
 		}
 		if !taken {
 			plan.Dropped = append(plan.Dropped, Dropped{Operation: op, Reason: "no active route of backend " + op.Backend + " matches"})
@@ -281,11 +358,33 @@ func (r Renderer) Plan(m *PlanModel, ops []Operation) UnitPlan {
 	for _, name := range slices.Sorted(maps.Keys(perServer)) {
 		sp := ServerPlan{Name: name, Server: m.servers[name]}
 		for _, bname := range slices.Sorted(maps.Keys(perServer[name])) {
-			sp.Scripts = append(sp.Scripts, r.render(m.backends[bname], sp.Server, perServer[name][bname]))
+			s := r.render(m.backends[bname], sp.Server, perServer[name][bname])
+			s.Async = async[services.RouteName(bname, name)]
+			sp.Scripts = append(sp.Scripts, s)
 		}
 		plan.Servers = append(plan.Servers, sp)
 	}
 	return plan
+}
+
+// routesOf lists, by name, the routes op may take: every route of its
+// backend, or the one to its server.
+func (m *PlanModel) routesOf(op Operation) []string {
+	if op.Server != "" {
+		name := services.RouteName(op.Backend, op.Server)
+		if _, ok := m.routes[name]; ok {
+			return []string{name}
+		}
+		return nil
+	}
+	var out []string
+	for name, rt := range m.routes {
+		if rt.Backend == op.Backend {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // match evaluates the route's match, the backend's default match when the
@@ -298,7 +397,7 @@ func (r Renderer) match(rt events.Route, b events.Backend, srv events.Server, op
 	if src == "" {
 		return true, nil
 	}
-	m, err := r.Compiler.Compile(src)
+	m, err := matchers.get(fmt.Sprintf("%T\x00%s", r.Compiler, src), func() (services.Matcher, error) { return r.Compiler.Compile(src) })
 	if err != nil {
 		return false, fmt.Errorf("match: %w", err)
 	}
@@ -318,16 +417,67 @@ func (r Renderer) match(rt events.Route, b events.Backend, srv events.Server, op
 
 var varName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// render makes one backend's script for srv.
+// DefaultMaxScript bounds a rendered script when the renderer sets no bound.
+const DefaultMaxScript = 512 << 10
+
+// errScriptTooLarge stops a render that outgrows the bound.
+var errScriptTooLarge = errors.New("script too large")
+
+// scriptBuffer is a script being rendered; writes beyond max fail, so a
+// template that would produce too much stops early.
+type scriptBuffer struct {
+	bytes.Buffer
+	max int
+}
+
+func (b *scriptBuffer) Write(p []byte) (int, error) {
+	if b.Len()+len(p) > b.max {
+		return 0, errScriptTooLarge
+	}
+	return b.Buffer.Write(p)
+}
+
+// render makes one backend's script for srv. When r.Show is set and an
+// operation has secrets, the script is rendered a second time with the
+// secrets masked, into Shown.
 func (r Renderer) render(b events.Backend, srv events.Server, ops []Operation) Script {
 	s := Script{Backend: b.Name, Executable: b.Executable, Timeout: b.Timeout, Operations: ops, State: StateReceived}
-	fail := func(format string, args ...any) Script {
-		s.State, s.Reason, s.Text = StateError, fmt.Sprintf(format, args...), ""
+	text, err := r.text(b, srv, ops, r.Sealer)
+	switch {
+	case errors.Is(err, errNothing):
+		s.State, s.Reason = StateNothing, err.Error()
+		return s
+	case errors.Is(err, errScriptTooLarge):
+		s.State, s.Reason = StateError, fmt.Sprintf("backend %s: the script outgrows %d bytes; apply fewer resources at a time", b.Name, r.maxScript())
+		return s
+	case err != nil:
+		s.State, s.Reason = StateError, err.Error()
 		return s
 	}
-	var out bytes.Buffer
-	if err := r.fragment(&out, b, "prepare", b.Prepare, DefaultPrepare, nil); err != nil {
-		return fail("%v", err)
+	s.Text = text
+	if r.Show && slices.ContainsFunc(ops, func(op Operation) bool { return len(op.Resource.Secrets) > 0 }) {
+		if s.Shown, err = r.text(b, srv, ops, masked{}); err != nil {
+			s.State, s.Reason, s.Text = StateError, err.Error(), ""
+		}
+	}
+	return s
+}
+
+// errNothing: no operation has an action of the backend.
+var errNothing = errors.New("no operation has an action of this backend")
+
+func (r Renderer) maxScript() int {
+	if r.MaxScript > 0 {
+		return r.MaxScript
+	}
+	return DefaultMaxScript
+}
+
+// text renders the script, opening secrets with sealer.
+func (r Renderer) text(b events.Backend, srv events.Server, ops []Operation, sealer services.Sealer) (string, error) {
+	out := &scriptBuffer{max: r.maxScript()}
+	if err := r.fragment(out, b, "prepare", b.Prepare, DefaultPrepare, nil); err != nil {
+		return "", err
 	}
 	content := false
 	for _, op := range ops {
@@ -335,49 +485,101 @@ func (r Renderer) render(b events.Backend, srv events.Server, ops []Operation) S
 		if !ok {
 			continue
 		}
-		data, err := r.data(op, srv)
+		data, err := templateData(op, srv, sealer)
 		if err != nil {
-			return fail("%v", err)
+			return "", err
 		}
 		content = true
-		fmt.Fprintf(&out, "\n# %s %s\n", op.Action, services.ShellQuote(services.ResourceName(op.Resource.Type, op.Resource.Name)))
-		writeVars(&out, data)
-		if err := r.fragment(&out, b, "actions."+op.Action, src, "", data); err != nil {
-			return fail("%v", err)
+		if _, err := fmt.Fprintf(out, "\n# %s %s\n", op.Action, services.ShellQuote(services.ResourceName(op.Resource.Type, op.Resource.Name))); err != nil {
+			return "", err
+		}
+		if err := writeVars(out, data); err != nil {
+			return "", err
+		}
+		if err := r.fragment(out, b, "actions."+op.Action, src, "", data); err != nil {
+			return "", err
 		}
 	}
 	if !content {
-		s.State, s.Reason = StateNothing, "no operation has an action of this backend"
-		return s
+		return "", errNothing
 	}
-	if err := r.fragment(&out, b, "commit", b.Commit, DefaultCommit, nil); err != nil {
-		return fail("%v", err)
+	if err := r.fragment(out, b, "commit", b.Commit, DefaultCommit, nil); err != nil {
+		return "", err
 	}
-	s.Text = out.String()
-	return s
+	return out.String(), nil
 }
 
 // fragment renders one fragment (or def when it is empty) into out.
-func (r Renderer) fragment(out *bytes.Buffer, b events.Backend, field, src, def string, data map[string]any) error {
+func (r Renderer) fragment(out *scriptBuffer, b events.Backend, field, src, def string, data map[string]any) error {
 	if src == "" {
-		out.WriteString(def)
-		return nil
+		_, err := out.Write([]byte(def))
+		return err
 	}
-	t, err := services.ParseFragment(field, src)
+	t, err := parsed(field, src)
 	if err != nil {
 		return fmt.Errorf("backend %s, %s: %w", b.Name, field, err)
 	}
-	if err := t.Option("missingkey=zero").Execute(out, data); err != nil {
+	if err := t.Execute(out, data); err != nil {
+		if errors.Is(err, errScriptTooLarge) {
+			return err
+		}
 		return fmt.Errorf("backend %s, %s: %s", b.Name, field, strings.TrimPrefix(err.Error(), "template: "))
 	}
-	if !strings.HasSuffix(out.String(), "\n") {
-		out.WriteByte('\n')
+	if by := out.Bytes(); len(by) > 0 && by[len(by)-1] != '\n' {
+		_, err = out.Write([]byte{'\n'})
 	}
-	return nil
+	return err
 }
 
-// data is the template data of an operation.
-func (r Renderer) data(op Operation, srv events.Server) (map[string]any, error) {
+// memo caches what is computed from a source text (a parsed fragment, a
+// compiled match), so a backend's fragments and a route's match are made
+// once, not once per operation. What it holds must be safe for concurrent
+// use; it is emptied when it grows past maxMemo.
+type memo[T any] struct {
+	mu sync.Mutex
+	m  map[string]T
+}
+
+const maxMemo = 1024
+
+func (c *memo[T]) get(key string, make func() (T, error)) (T, error) {
+	c.mu.Lock()
+	v, ok := c.m[key]
+	c.mu.Unlock()
+	if ok {
+		return v, nil
+	}
+	v, err := make()
+	if err != nil {
+		return v, err
+	}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= maxMemo {
+		c.m = map[string]T{}
+	}
+	c.m[key] = v
+	c.mu.Unlock()
+	return v, nil
+}
+
+var (
+	templates memo[*template.Template]
+	matchers  memo[services.Matcher]
+)
+
+func parsed(field, src string) (*template.Template, error) {
+	return templates.get(field+"\x00"+src, func() (*template.Template, error) {
+		t, err := services.ParseFragment(field, src)
+		if err != nil {
+			return nil, err
+		}
+		return t.Option("missingkey=zero"), nil
+	})
+}
+
+// templateData is the template data of an operation, its secrets opened
+// with sealer.
+func templateData(op Operation, srv events.Server, sealer services.Sealer) (map[string]any, error) {
 	var attrs map[string]any
 	if err := json.Unmarshal(op.Resource.Attrs, &attrs); err != nil {
 		return nil, fmt.Errorf("attributes of %s: %w", op.Resource.Name, err)
@@ -385,7 +587,7 @@ func (r Renderer) data(op Operation, srv events.Server) (map[string]any, error) 
 	ref := services.ResourceName(op.Resource.Type, op.Resource.Name)
 	secrets := make(map[string]any, len(op.Resource.Secrets))
 	for k, sealed := range op.Resource.Secrets {
-		plain, err := r.Sealer.Open(sealed, ref+"#"+k)
+		plain, err := sealer.Open(sealed, ref+"#"+k)
 		if err != nil {
 			return nil, fmt.Errorf("secret %s of %s: %w", k, ref, err)
 		}
@@ -409,19 +611,24 @@ func (r Renderer) data(op Operation, srv events.Server) (map[string]any, error) 
 // writeVars assigns the operation's values to shell variables at the top of
 // its block, each quoted: ORC_NAME, ORC_TYPE, ORC_ACTION, ORC_ATTR_<key>
 // and ORC_SECRET_<key> (attribute and secret keys are shell names).
-func writeVars(out *bytes.Buffer, data map[string]any) {
-	fmt.Fprintf(out, "ORC_NAME=%s ORC_TYPE=%s ORC_ACTION=%s\n",
-		services.ShellQuote(data["name"]), services.ShellQuote(data["type"]), services.ShellQuote(data["action"]))
+func writeVars(out io.Writer, data map[string]any) error {
+	if _, err := fmt.Fprintf(out, "ORC_NAME=%s ORC_TYPE=%s ORC_ACTION=%s\n",
+		services.ShellQuote(data["name"]), services.ShellQuote(data["type"]), services.ShellQuote(data["action"])); err != nil {
+		return err
+	}
 	for _, group := range []struct {
 		prefix string
 		values map[string]any
 	}{{"ORC_ATTR_", data["attrs"].(map[string]any)}, {"ORC_SECRET_", data["secrets"].(map[string]any)}} {
 		for _, k := range slices.Sorted(maps.Keys(group.values)) {
 			if varName.MatchString(k) {
-				fmt.Fprintf(out, "%s%s=%s\n", group.prefix, k, services.ShellQuote(group.values[k]))
+				if _, err := fmt.Fprintf(out, "%s%s=%s\n", group.prefix, k, services.ShellQuote(group.values[k])); err != nil {
+					return err
+				}
 			}
 		}
 	}
+	return nil
 }
 
 // Planner keeps a PlanModel current from the log and plans changes that are

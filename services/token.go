@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/google/uuid"
+
 	"github.com/orchestra-fleet/orchestra/events"
 )
 
@@ -113,7 +115,7 @@ func (s *Service) createToken(ctx context.Context, p Principal, name, role strin
 		}
 	}
 	ev := &events.TokenCreated{Name: name, Role: role, Hash: hashToken(tok)}
-	at, err := s.commitOne(ctx, p, agg, last, ev)
+	_, at, err := s.commitOne(ctx, p, agg, last, ev)
 	if err != nil {
 		return TokenResult{}, err
 	}
@@ -145,7 +147,7 @@ func (s *Service) revokeToken(ctx context.Context, p Principal, name string) (ui
 	case t.role == RoleAdmin && admins == 1:
 		return 0, Errorf(ECONFLICT, "token %q is the last admin token; create another admin token before revoking it", name)
 	}
-	at, err := s.commitOne(ctx, p, events.Aggregate{Type: events.AggToken, ID: name}, t.version, &events.TokenRevoked{Name: name})
+	_, at, err := s.commitOne(ctx, p, events.Aggregate{Type: events.AggToken, ID: name}, t.version, &events.TokenRevoked{Name: name})
 	return at.Last, err
 }
 
@@ -192,15 +194,17 @@ func (s *Service) bootstrap(ctx context.Context, keep func(TokenResult) error) (
 	return s.createToken(ctx, System, name, RoleAdmin, keep)
 }
 
-// commitOne appends a one-event unit for agg, expected at version.
-func (s *Service) commitOne(ctx context.Context, p Principal, agg events.Aggregate, version uint64, ev events.Payload) (Appended, error) {
+// commitOne appends a one-event unit for agg, expected at version, and
+// returns the unit's id and where it landed.
+func (s *Service) commitOne(ctx context.Context, p Principal, agg events.Aggregate, version uint64, ev events.Payload) (uuid.UUID, Appended, error) {
 	u, err := NewUnit(events.Meta{Actor: p.Name}, s.cfg.Now())
 	if err != nil {
-		return Appended{}, err
+		return uuid.UUID{}, Appended{}, err
 	}
 	u.Expect(agg, version)
 	if err := u.Add(agg, ev); err != nil {
-		return Appended{}, err
+		return uuid.UUID{}, Appended{}, err
 	}
-	return s.commit(ctx, u, []events.Payload{ev})
+	at, err := s.commit(ctx, u, []events.Payload{ev})
+	return u.ID, at, err
 }

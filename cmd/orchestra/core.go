@@ -16,6 +16,7 @@ import (
 	"github.com/orchestra-fleet/orchestra/gateway"
 	"github.com/orchestra-fleet/orchestra/infra/eventstore"
 	"github.com/orchestra-fleet/orchestra/infra/files"
+	"github.com/orchestra-fleet/orchestra/infra/planbus"
 	"github.com/orchestra-fleet/orchestra/infra/routeexpr"
 	"github.com/orchestra-fleet/orchestra/infra/secrets"
 	"github.com/orchestra-fleet/orchestra/infra/sqlite"
@@ -32,9 +33,10 @@ const (
 
 // core is the write side, the read model and the API of one process.
 type core struct {
-	svc    *services.Service
-	store  *eventstore.Store
-	runner *projections.Runner
+	svc        *services.Service
+	store      *eventstore.Store
+	runner     *projections.Runner
+	dispatcher *projections.Dispatcher
 }
 
 // startCore opens the event store, catches the write model up with the log,
@@ -62,8 +64,14 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 	if err := bootstrapToken(ctx, svc, filepath.Join(dataDir, adminTokenFile), log); err != nil {
 		return nil, err
 	}
-	c := &core{svc: svc, store: store, runner: projections.NewRunner(projections.NewModel(reg), db, follower)}
+	bus, err := planbus.New(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	c := &core{svc: svc, store: store, runner: projections.NewRunner(projections.NewModel(reg), db, follower),
+		dispatcher: projections.NewDispatcher(reg, db, store, bus, projections.Renderer{Compiler: routeexpr.Compiler{}, Sealer: sealer})}
 	gw.Service, gw.Rows, gw.Model, gw.Planner, gw.Idempotency, gw.Logger = svc, db, c.runner, planner, db, log
+	gw.Scripts = bus
 	h, err := gateway.NewHandler(gw)
 	if err != nil {
 		return nil, err
@@ -72,14 +80,26 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 	return c, nil
 }
 
-// run keeps the write model and the read model following the log until ctx
-// ends or one of them fails.
+// run keeps the read model and the planner following the log until ctx ends
+// or one of them fails; the first failure stops the other.
 func (c *core) run(ctx context.Context) error {
-	err := c.runner.Run(ctx)
-	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
-		return nil
+	inner, cancel := context.WithCancel(ctx)
+	defer cancel()
+	runs := []func(context.Context) error{c.runner.Run, c.dispatcher.Run}
+	errs := make(chan error, len(runs))
+	for _, run := range runs {
+		go func() {
+			errs <- run(inner)
+			cancel()
+		}()
 	}
-	return err
+	var first error
+	for range runs {
+		if err := <-errs; first == nil && err != nil && !errors.Is(err, context.Canceled) {
+			first = err
+		}
+	}
+	return first
 }
 
 // observer is what follows the log in memory: the write model and the

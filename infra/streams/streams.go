@@ -65,6 +65,8 @@ func Configs(c Config) ([]jetstream.StreamConfig, error) {
 		return nil, err
 	}
 	logs := retained(c, events.StreamLogs, "Output of supervised processes", events.SubjectLogs)
+	results := retained(c, events.StreamResults, "Script and unit results from the planner and the executors", events.SubjectResults)
+	results.Subjects = append(results.Subjects, events.SubjectUnits)
 	logs.MaxBytes, logs.Discard = c.LogMaxBytes, jetstream.DiscardOld
 	return []jetstream.StreamConfig{
 		{
@@ -81,10 +83,14 @@ func Configs(c Config) ([]jetstream.StreamConfig, error) {
 			AllowAtomicPublish: true,
 		},
 		retained(c, events.StreamExec, "Plans, one subject per server, strictly ordered", events.SubjectExec),
-		retained(c, events.StreamResults, "Script results and output from the executors", events.SubjectResults),
+		results,
 		logs,
 	}, nil
 }
+
+// PlannerBucket is the key-value bucket where the planner keeps how far it
+// has published, shared by every process that may plan.
+const PlannerBucket = "orchestra-planner"
 
 // retained is a stream whose messages expire after the log retention.
 func retained(c Config, name, description, subject string) jetstream.StreamConfig {
@@ -112,6 +118,12 @@ func Provision(ctx context.Context, js jetstream.JetStream, c Config) error {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
 		}
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: PlannerBucket, Description: "How far the planner has published plans",
+		Storage: jetstream.FileStorage, Replicas: c.Replicas, History: 1,
+	}); err != nil {
+		return fmt.Errorf("provision bucket %s: %w", PlannerBucket, err)
 	}
 	return nil
 }

@@ -1,0 +1,207 @@
+// Package planbus carries plans to the servers' queues and the planner's
+// records to RESULTS, on JetStream. It implements projections.Outbox.
+package planbus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/infra/streams"
+	"github.com/orchestra-fleet/orchestra/projections"
+)
+
+// Headers of a plan message besides Nats-Msg-Id.
+const (
+	HeaderUnit     = "Orchestra-Unit"
+	HeaderSequence = "Orchestra-Sequence" // EVENTS sequence of the unit's last event
+)
+
+// markKey is the key of the planner's mark in streams.PlannerBucket.
+const markKey = "published"
+
+// headroom is what a plan message leaves of the connection's max payload
+// for its headers.
+const headroom = 1 << 10
+
+// Bus is the JetStream outbox of the planner.
+type Bus struct {
+	js      jetstream.JetStream
+	exec    jetstream.Stream
+	results jetstream.Stream
+	kv      jetstream.KeyValue
+	rev     uint64 // revision of the mark this process last read or wrote
+}
+
+var _ projections.Outbox = (*Bus)(nil)
+
+// New opens the bus on the provisioned streams and bucket.
+func New(ctx context.Context, js jetstream.JetStream) (*Bus, error) {
+	exec, err := js.Stream(ctx, events.StreamExec)
+	if err != nil {
+		return nil, fmt.Errorf("planbus: stream %s: %w", events.StreamExec, err)
+	}
+	results, err := js.Stream(ctx, events.StreamResults)
+	if err != nil {
+		return nil, fmt.Errorf("planbus: stream %s: %w", events.StreamResults, err)
+	}
+	kv, err := js.KeyValue(ctx, streams.PlannerBucket)
+	if err != nil {
+		return nil, fmt.Errorf("planbus: bucket %s: %w", streams.PlannerBucket, err)
+	}
+	return &Bus{js: js, exec: exec, results: results, kv: kv}, nil
+}
+
+// Mark implements projections.Outbox.
+func (b *Bus) Mark(ctx context.Context) (uint64, error) {
+	e, err := b.kv.Get(ctx, markKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		b.rev = 0
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read the planner's mark: %w", err)
+	}
+	seq, err := strconv.ParseUint(string(e.Value()), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("the planner's mark %q: %w", e.Value(), err)
+	}
+	b.rev = e.Revision()
+	return seq, nil
+}
+
+// SetMark implements projections.Outbox with a compare-and-set on the
+// mark's revision.
+func (b *Bus) SetMark(ctx context.Context, seq uint64) error {
+	val := []byte(strconv.FormatUint(seq, 10))
+	var rev uint64
+	var err error
+	if b.rev == 0 {
+		rev, err = b.kv.Create(ctx, markKey, val)
+	} else {
+		rev, err = b.kv.Update(ctx, markKey, val, b.rev)
+	}
+	var apiErr *jetstream.APIError
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return fmt.Errorf("another planner published meanwhile (the mark moved past revision %d); this one stops", b.rev)
+	}
+	if err != nil {
+		return fmt.Errorf("move the planner's mark to %d: %w", seq, err)
+	}
+	b.rev = rev
+	return nil
+}
+
+// Published implements projections.Outbox.
+func (b *Bus) Published(ctx context.Context, server string) (uint64, error) {
+	subject := events.SubjectExec
+	if server != "" {
+		var err error
+		if subject, err = events.ExecSubject(server); err != nil {
+			return 0, err
+		}
+	}
+	msg, err := b.exec.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("last plan on %s: %w", subject, err)
+	}
+	seq, err := strconv.ParseUint(msg.Header.Get(HeaderSequence), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("last plan on %s: header %s: %w", subject, HeaderSequence, err)
+	}
+	return seq, nil
+}
+
+// MaxPlan implements projections.Outbox.
+func (b *Bus) MaxPlan() int {
+	return int(b.js.Conn().MaxPayload()) - headroom
+}
+
+// Send implements projections.Outbox: every message is published at once
+// and then every acknowledgement awaited.
+func (b *Bus) Send(ctx context.Context, plans []events.Plan, records []events.Result) error {
+	futures := make([]jetstream.PubAckFuture, 0, len(plans)+len(records))
+	publish := func(subject, id string, header nats.Header, v any) error {
+		data, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encode %s: %w", subject, err)
+		}
+		if header == nil {
+			header = nats.Header{}
+		}
+		header.Set(jetstream.MsgIDHeader, id)
+		f, err := b.js.PublishMsgAsync(&nats.Msg{Subject: subject, Header: header, Data: data})
+		if err != nil {
+			return fmt.Errorf("publish %s: %w", subject, err)
+		}
+		futures = append(futures, f)
+		return nil
+	}
+	for _, p := range plans {
+		subject, err := events.ExecSubject(p.Server)
+		if err != nil {
+			return err
+		}
+		h := nats.Header{HeaderUnit: {p.Unit.String()}, HeaderSequence: {strconv.FormatUint(p.Sequence, 10)}}
+		if err := publish(subject, events.PlanID(p.Unit, p.Server), h, p); err != nil {
+			return err
+		}
+	}
+	for _, r := range records {
+		subject, id, err := recordSubject(r)
+		if err != nil {
+			return err
+		}
+		if err := publish(subject, id, nil, r); err != nil {
+			return err
+		}
+	}
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("publish %s: %w", f.Msg().Subject, err)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// recordSubject is where a record goes and its message id.
+func recordSubject(r events.Result) (subject, id string, err error) {
+	switch r := r.(type) {
+	case *events.ScriptPlanned:
+		subject, err = events.ScriptSubject(r.Server, r.ID, r.ResultType())
+		return subject, r.ID.String() + "." + r.ResultType(), err
+	case *events.UnitPlanned:
+		return events.UnitSubject(r.Unit, r.ResultType()), r.Unit.String() + "." + r.ResultType(), nil
+	}
+	return "", "", fmt.Errorf("planbus: no subject for a %T", r)
+}
+
+// Script returns the planner's record of a script.
+func (b *Bus) Script(ctx context.Context, id uuid.UUID) (events.ScriptPlanned, error) {
+	var rec events.ScriptPlanned
+	msg, err := b.results.GetLastMsgForSubject(ctx, events.ScriptFilter(id, rec.ResultType()))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return rec, fmt.Errorf("script %s: %w", id, projections.ErrNotFound)
+	}
+	if err != nil {
+		return rec, fmt.Errorf("script %s: %w", id, err)
+	}
+	if err := json.Unmarshal(msg.Data, &rec); err != nil {
+		return rec, fmt.Errorf("script %s: %w", id, err)
+	}
+	return rec, nil
+}
