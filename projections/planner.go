@@ -159,7 +159,7 @@ func (m *PlanModel) Collect(unit []events.Payload) []Operation {
 			for _, ref := range p.Operations {
 				res, ok := m.resources[services.ResourceName(ref.Type, ref.Name)]
 				b, bok := m.backends[ref.Backend]
-				if _, defined := b.Actions[ref.Action]; ok && bok && defined && ref.Action != ActionDelete {
+				if _, defined := b.Actions[ref.Action]; ok && bok && defined && b.Type == ref.Type && ref.Action != ActionDelete {
 					c.add(Operation{Backend: ref.Backend, Action: ref.Action, Resource: res})
 				}
 			}
@@ -456,7 +456,13 @@ func (r Renderer) render(b events.Backend, srv events.Server, ops []Operation) S
 	}
 	s.Text = text
 	if r.Show && slices.ContainsFunc(ops, func(op Operation) bool { return len(op.Resource.Secrets) > 0 }) {
-		if s.Shown, err = r.text(b, srv, ops, masked{}); err != nil {
+		// Masking changes the length, so the shown text gets its own
+		// verdict: one that outgrows the bound is not shown, but the
+		// script still runs.
+		switch s.Shown, err = r.text(b, srv, ops, masked{}); {
+		case errors.Is(err, errScriptTooLarge):
+			s.Shown = fmt.Sprintf("# the script, with its secrets masked, outgrows %d bytes and is not shown\n", r.maxScript())
+		case err != nil:
 			s.State, s.Reason, s.Text = StateError, err.Error(), ""
 		}
 	}
@@ -476,7 +482,7 @@ func (r Renderer) maxScript() int {
 // text renders the script, opening secrets with sealer.
 func (r Renderer) text(b events.Backend, srv events.Server, ops []Operation, sealer services.Sealer) (string, error) {
 	out := &scriptBuffer{max: r.maxScript()}
-	if err := r.fragment(out, b, "prepare", b.Prepare, DefaultPrepare, nil); err != nil {
+	if err := r.fragment(out, b, "prepare", b.Prepare, DefaultPrepare, scriptData(b, srv)); err != nil {
 		return "", err
 	}
 	content := false
@@ -503,7 +509,7 @@ func (r Renderer) text(b events.Backend, srv events.Server, ops []Operation, sea
 	if !content {
 		return "", errNothing
 	}
-	if err := r.fragment(out, b, "commit", b.Commit, DefaultCommit, nil); err != nil {
+	if err := r.fragment(out, b, "commit", b.Commit, DefaultCommit, scriptData(b, srv)); err != nil {
 		return "", err
 	}
 	return out.String(), nil
@@ -597,15 +603,24 @@ func templateData(op Operation, srv events.Server, sealer services.Sealer) (map[
 	for k, v := range op.Resource.Labels {
 		labels[k] = v
 	}
-	slabels := map[string]any{}
-	for k, v := range srv.Labels {
-		slabels[k] = v
-	}
 	return map[string]any{
 		"name": op.Resource.Name, "type": op.Resource.Type, "action": op.Action,
-		"attrs": attrs, "labels": labels, "secrets": secrets,
-		"server": map[string]any{"name": srv.Name, "address": srv.Address, "labels": slabels},
+		"attrs": attrs, "labels": labels, "secrets": secrets, "server": serverData(srv),
 	}, nil
+}
+
+// scriptData is the template data of a backend's prepare and commit: the
+// server and the backend's name.
+func scriptData(b events.Backend, srv events.Server) map[string]any {
+	return map[string]any{"server": serverData(srv), "backend": b.Name}
+}
+
+func serverData(srv events.Server) map[string]any {
+	labels := make(map[string]any, len(srv.Labels))
+	for k, v := range srv.Labels {
+		labels[k] = v
+	}
+	return map[string]any{"name": srv.Name, "address": srv.Address, "labels": labels}
 }
 
 // writeVars assigns the operation's values to shell variables at the top of

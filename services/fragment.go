@@ -3,6 +3,7 @@ package services
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"text/template"
 	"text/template/parse"
@@ -29,6 +30,9 @@ func ParseFragment(name, src string) (*template.Template, error) {
 	if t.Tree == nil || t.Root == nil {
 		return t, nil
 	}
+	if err := boundedRanges(t.Root, false); err != nil {
+		return nil, fmt.Errorf("%s:%d: %w", name, strings.Count(src[:min(int(err.pos), len(src))], "\n")+1, err)
+	}
 	var flat strings.Builder
 	var actions []mark
 	if err := quoteActions(t.Root, &flat, &actions); err != nil {
@@ -46,8 +50,73 @@ func ParseFragment(name, src string) (*template.Template, error) {
 }
 
 var fragmentFuncs = template.FuncMap{
-	"shq": ShellQuote,
-	"raw": func(v any) string { return plainString(v) },
+	"shq":    ShellQuote,
+	"raw":    func(v any) string { return plainString(v) },
+	"printf": boundedPrintf,
+}
+
+// rangeError is a range a fragment may not have.
+type rangeError struct {
+	pos parse.Pos
+	why string
+}
+
+func (e *rangeError) Error() string { return e.why }
+
+// boundedRanges refuses what would let a render run for ever on small
+// input: a range over anything but a value of the data (a number or a
+// function's result), and a range inside a range. A render then takes time
+// in proportion to the data and the fragment.
+func boundedRanges(n parse.Node, inRange bool) *rangeError {
+	switch n := n.(type) {
+	case *parse.ListNode:
+		if n == nil {
+			return nil
+		}
+		for _, c := range n.Nodes {
+			if err := boundedRanges(c, inRange); err != nil {
+				return err
+			}
+		}
+	case *parse.IfNode:
+		return boundedBranch(&n.BranchNode, inRange)
+	case *parse.WithNode:
+		return boundedBranch(&n.BranchNode, inRange)
+	case *parse.RangeNode:
+		if inRange {
+			return &rangeError{n.Pos, "a range inside a range is not allowed in a fragment"}
+		}
+		if len(n.Pipe.Cmds) != 1 || len(n.Pipe.Cmds[0].Args) != 1 {
+			return &rangeError{n.Pos, "range may go only over a value of the data, such as .attrs.aliases"}
+		}
+		switch n.Pipe.Cmds[0].Args[0].(type) {
+		case *parse.FieldNode, *parse.VariableNode, *parse.ChainNode, *parse.DotNode:
+		default:
+			return &rangeError{n.Pos, "range may go only over a value of the data, such as .attrs.aliases"}
+		}
+		return boundedBranch(&n.BranchNode, true)
+	}
+	return nil
+}
+
+func boundedBranch(b *parse.BranchNode, inRange bool) *rangeError {
+	if err := boundedRanges(b.List, inRange); err != nil {
+		return err
+	}
+	return boundedRanges(b.ElseList, inRange)
+}
+
+// wideVerb finds a printf verb with a width or precision of four digits or
+// more, or one taken from an argument (*).
+var wideVerb = regexp.MustCompile(`%[-+# 0-9.\[\]]*?(\d{4,}|\*)`)
+
+// boundedPrintf is printf without the widths that would make one call
+// write gigabytes.
+func boundedPrintf(format string, args ...any) (string, error) {
+	if wideVerb.MatchString(format) {
+		return "", fmt.Errorf("printf %q: widths and precisions above 999, and *, are not allowed", format)
+	}
+	return fmt.Sprintf(format, args...), nil
 }
 
 // mark is a quoted action: where it is and how it was written.

@@ -3,6 +3,7 @@ package services_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -141,10 +142,25 @@ func TestFragmentRendersValues(t *testing.T) {
 		{`{{raw "echo $(id)"}}`, `echo $(id)`},
 		{`{{range .attrs.list}} {{.}}{{end}}`, ` '1' 'a'`},
 		{`{{len .attrs.list}}`, `'2'`},
+		{`{{printf "%s-%3s" .name .type}}`, `'example.com-vhost'`},
 	} {
 		// Each value stands as an argument, the one place it may.
 		if got := render(t, "echo "+tc.src, data); got != "echo "+tc.want {
 			t.Errorf("%s rendered %q, want %q", tc.src, got, "echo "+tc.want)
+		}
+	}
+}
+
+// printf may not be asked for output out of all proportion to the fragment.
+func TestFragmentPrintfIsBounded(t *testing.T) {
+	for _, src := range []string{`{{printf "%0999999999d" 1}}`, `{{printf "%.1000f" 1.5}}`, `{{printf "%*d" 100000000 1}}`, `{{printf "%[1]*d" 100000000}}`} {
+		tmpl, err := services.ParseFragment("actions.save", "echo "+src)
+		if err != nil {
+			t.Fatalf("parse %s: %v", src, err)
+		}
+		err = tmpl.Execute(io.Discard, sampleData(nil))
+		if err == nil || !strings.Contains(err.Error(), "widths and precisions above 999") {
+			t.Errorf("%s executed with %v", src, err)
 		}
 	}
 }
@@ -172,6 +188,10 @@ func TestFragmentRefused(t *testing.T) {
 		{"unknown function", `{{exec "id"}}`, `function "exec" not defined`},
 		{"bad syntax", `{{.name | | raw}}`, "actions.save:1:"},
 		{"stray end", `{{end}}`, "unexpected {{end}}"},
+		{"range over a number", "echo\n{{range 1000000000000}}{{end}}", "actions.save:2: range may go only over a value of the data"},
+		{"range over a call", `{{range slice .attrs.list 0}}{{end}}`, "range may go only over a value"},
+		{"range in a range", `{{range .attrs.list}}{{range $.attrs.list}}x{{end}}{{end}}`, "a range inside a range"},
+		{"range in an if in a range", `{{range .attrs.list}}{{if .}}{{range $.attrs.list}}{{end}}{{end}}{{end}}`, "a range inside a range"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := services.ParseFragment("actions.save", tc.src)

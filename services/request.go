@@ -76,7 +76,7 @@ func (s *Service) SyncServer(ctx context.Context, p Principal, server, backend s
 		_, exists := s.state.servers[server]
 		var routed []string
 		for _, rt := range s.state.routes {
-			if rt.value.Server == server {
+			if rt.value.Server == server && rt.value.Active {
 				routed = append(routed, rt.value.Backend)
 			}
 		}
@@ -86,8 +86,10 @@ func (s *Service) SyncServer(ctx context.Context, p Principal, server, backend s
 		case !exists:
 			return RequestResult{}, Errorf(ENOTFOUND, "server %s does not exist", server)
 		case backend != "" && !slices.Contains(routed, backend):
-			return RequestResult{}, FieldErrorf(EINVALID, "backend", "backend %q has no route to server %s (backends routed there: %s)",
+			return RequestResult{}, FieldErrorf(EINVALID, "backend", "backend %q has no active route to server %s (backends actively routed there: %s)",
 				backend, server, listOrNone(routed))
+		case len(routed) == 0:
+			return RequestResult{}, Errorf(EINVALID, "no backend has an active route to server %s: there is nothing to sync", server)
 		}
 		return s.request(ctx, p, ref.Aggregate(), pos, &events.ServerSyncRequested{Server: server, Backend: backend})
 	})
@@ -149,6 +151,8 @@ func (s *State) unretryable(op events.OperationRef) string {
 		return "resource " + ref + " no longer exists"
 	case !ok:
 		return "backend " + op.Backend + " no longer exists"
+	case b.value.Type != op.Type:
+		return fmt.Sprintf("backend %s serves %s now, not %s", op.Backend, b.value.Type, op.Type)
 	}
 	if _, ok := b.value.Actions[op.Action]; !ok {
 		return fmt.Sprintf("backend %s no longer defines %q", op.Backend, op.Action)

@@ -86,12 +86,14 @@ func TestApplyExampleSurvivesRestart(t *testing.T) {
 	// A dry run shows what a change would run where, writes nothing, and
 	// masks secrets.
 	change := filepath.Join(dir, "change.yml")
-	if err := os.WriteFile(change, []byte("kind: Resource\ntype: mailbox\nname: bob\nattrs: {quota_mb: 10}\nsecrets: {password: hunter2-plain}\n"), 0o600); err != nil {
+	if err := os.WriteFile(change, []byte("kind: Resource\ntype: mailbox\nname: bob\nattrs: {quota_mb: 10}\nsecrets: {password: hunter2-plain}\n"+
+		"---\nkind: Resource\ntype: website\nname: news\nattrs: {domain: news.example.com, tier: gold}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out, errOut, code = p.cli(t, dir, "plan", "-f", change)
 	if code != 0 || !strings.Contains(out, "# mailbox on mail1\n") || !strings.Contains(out, "mail/'bob'") ||
-		strings.Contains(out, "hunter2-plain") || !strings.Contains(out, "ORC_SECRET_password='****'") {
+		strings.Contains(out, "hunter2-plain") || !strings.Contains(out, "ORC_SECRET_password='****'") ||
+		!strings.Contains(out, "# vhost on web1\n") || !strings.Contains(out, "# vhost on web2\n") || !strings.Contains(out, `echo "reload web server on web1"`) {
 		t.Fatalf("plan exited %d:\n%s%s", code, out, errOut)
 	}
 	if _, errOut, code := p.cli(t, dir, "get", "resource", "mailbox/bob"); code != 1 || !strings.Contains(errOut, "does not exist") {

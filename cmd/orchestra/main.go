@@ -31,7 +31,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newUpCommand(stderr), newApplyCommand(), newPlanCommand(), newGetCommand(), newDeleteCommand(), newTokenCommand())
+	root.AddCommand(newUpCommand(stderr), newApplyCommand(), newPlanCommand(), newGetCommand(), newDeleteCommand(), newTokenCommand(),
+		newActionCommand(), newSyncCommand(), newScriptsCommand())
 
 	err := root.ExecuteContext(ctx)
 	if err == nil {
