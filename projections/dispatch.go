@@ -43,8 +43,9 @@ const DispatcherName = "planner"
 // outbox's mark says how far publishing got, so units the mark covers are
 // only folded, never published again, even when the store was lost. And
 // units between the mark and the last plan on the queues at start-up (a
-// crash after publishing, before marking) are published only to servers
-// whose queue does not have them yet.
+// crash after publishing, before the mark caught up) are published only to
+// servers whose queue does not have them yet. The mark moves with each
+// commit of the model, just before it.
 type Dispatcher struct {
 	progress
 	reg      *events.Registry
@@ -54,7 +55,8 @@ type Dispatcher struct {
 	renderer Renderer
 
 	model    *PlanModel
-	mark     uint64            // units at or below are published
+	mark     uint64            // units at or below were published before this run began
+	marked   uint64            // the mark as this run last set it (the commit loop's)
 	horizon  uint64            // units at or below may be on a queue already
 	lastPlan map[string]uint64 // server → sequence of its last queued plan, for units below horizon
 }
@@ -69,32 +71,53 @@ func NewDispatcher(reg *events.Registry, store Store, src Source, out Outbox, re
 	return &Dispatcher{reg: reg, store: store, src: src, out: out, renderer: renderer}
 }
 
-// Run plans until ctx ends or planning fails.
+// Run plans until ctx ends or planning fails. Each batch of the log is
+// planned and published at once; the model, the checkpoint and the mark
+// follow in the background, at most every MinCommitInterval.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	if err := d.start(ctx); err != nil {
 		return fmt.Errorf("planner: %w", err)
 	}
+	c := newCommitter(DispatcherName, d.store, d.setMark, nil)
 	var unit []events.Envelope
-	return d.src.Follow(ctx, d.Seq()+1, func(batch []events.Envelope) error {
-		var b outgoing
-		for _, e := range batch {
-			unit = append(unit, e)
-			if e.UnitIndex < e.UnitSize-1 {
-				continue // the rest of the unit is in the next batch
+	return c.run(ctx, func(ctx context.Context) error {
+		return d.src.Follow(ctx, d.Seq()+1, func(batch []events.Envelope) error {
+			var b outgoing
+			for _, e := range batch {
+				unit = append(unit, e)
+				if e.UnitIndex < e.UnitSize-1 {
+					continue // the rest of the unit is in the next batch
+				}
+				if err := d.unit(ctx, unit, &b); err != nil {
+					return fmt.Errorf("planner: unit %s at %d: %w", e.Unit, e.Sequence, err)
+				}
+				unit = unit[:0]
 			}
-			if err := d.unit(ctx, unit, &b); err != nil {
-				return fmt.Errorf("planner: unit %s at %d: %w", e.Unit, e.Sequence, err)
+			if b.last == 0 {
+				return nil
 			}
-			unit = unit[:0]
-		}
-		if b.last == 0 {
-			return nil
-		}
-		if err := d.flush(ctx, &b); err != nil {
-			return fmt.Errorf("planner: %w", err)
-		}
-		return nil
+			if b.publish {
+				if err := d.out.Send(ctx, b.plans, b.records); err != nil {
+					return fmt.Errorf("planner: %w", err)
+				}
+			}
+			d.moved(b.last)
+			return c.add(ctx, b.rows, b.last)
+		})
 	})
+}
+
+// setMark moves the outbox's mark before a commit: every unit up to seq
+// has been published (or called for nothing).
+func (d *Dispatcher) setMark(ctx context.Context, seq uint64) error {
+	if seq <= d.marked {
+		return nil
+	}
+	if err := d.out.SetMark(ctx, seq); err != nil {
+		return err
+	}
+	d.marked = seq
+	return nil
 }
 
 // start loads the model and checkpoint and learns how far publishing got.
@@ -110,6 +133,7 @@ func (d *Dispatcher) start(ctx context.Context) error {
 	if d.mark, err = d.out.Mark(ctx); err != nil {
 		return err
 	}
+	d.marked = d.mark
 	if d.horizon, err = d.out.Published(ctx, ""); err != nil {
 		return err
 	}
@@ -144,7 +168,7 @@ type outgoing struct {
 	records []events.Result
 	rows    []Row
 	last    uint64 // sequence of the last complete unit
-	publish bool   // a unit beyond the mark is in the batch
+	publish bool   // a unit beyond the mark calls for plans or records
 }
 
 // unit plans one complete unit of work into b.
@@ -223,27 +247,6 @@ func (d *Dispatcher) queued(ctx context.Context, server string, seq uint64) (boo
 		d.lastPlan[server] = last
 	}
 	return seq <= last, nil
-}
-
-// flush publishes a batch, moves the mark, then commits the model and the
-// checkpoint. A crash in between re-plans the batch, which the ids and the
-// mark make harmless.
-func (d *Dispatcher) flush(ctx context.Context, b *outgoing) error {
-	if b.publish {
-		if err := d.out.Send(ctx, b.plans, b.records); err != nil {
-			return err
-		}
-		if err := d.out.SetMark(ctx, b.last); err != nil {
-			return err
-		}
-		d.mark = b.last
-	}
-	// A commit under way finishes even when the dispatcher is stopping.
-	if err := d.store.Commit(context.WithoutCancel(ctx), DispatcherName, b.last, b.rows); err != nil {
-		return err
-	}
-	d.moved(b.last)
-	return nil
 }
 
 // scriptRecord is the record of script s of the unit ending with last.

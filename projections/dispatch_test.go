@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,7 +34,7 @@ type rig struct {
 	svc   *services.Service
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t testing.TB) *rig {
 	t.Helper()
 	r := &rig{env: natstest.Start(t), reg: registry(t)}
 	ctx := context.Background()
@@ -57,7 +56,7 @@ func newRig(t *testing.T) *rig {
 }
 
 // apply commits the documents as one unit and returns its last sequence.
-func (r *rig) apply(t *testing.T, docs ...string) uint64 {
+func (r *rig) apply(t testing.TB, docs ...string) uint64 {
 	t.Helper()
 	req := services.ApplyRequest{}
 	for _, d := range docs {
@@ -76,7 +75,7 @@ func (r *rig) apply(t *testing.T, docs ...string) uint64 {
 
 // sites applies one website per unit, n from..to-1, and returns the last
 // sequence.
-func (r *rig) sites(t *testing.T, from, to int) uint64 {
+func (r *rig) sites(t testing.TB, from, to int) uint64 {
 	t.Helper()
 	var seq uint64
 	for n := from; n < to; n++ {
@@ -85,7 +84,7 @@ func (r *rig) sites(t *testing.T, from, to int) uint64 {
 	return seq
 }
 
-func (r *rig) bus(t *testing.T) *planbus.Bus {
+func (r *rig) bus(t testing.TB) *planbus.Bus {
 	t.Helper()
 	b, err := planbus.New(context.Background(), r.env.JS)
 	if err != nil {
@@ -94,7 +93,7 @@ func (r *rig) bus(t *testing.T) *planbus.Bus {
 	return b
 }
 
-func openDB(t *testing.T) *sqlite.DB {
+func openDB(t testing.TB) *sqlite.DB {
 	t.Helper()
 	db, err := sqlite.Open(filepath.Join(t.TempDir(), "model.db"))
 	if err != nil {
@@ -107,18 +106,20 @@ func openDB(t *testing.T) *sqlite.DB {
 // running is a dispatcher at work.
 type running struct {
 	*projections.Dispatcher
-	cancel context.CancelFunc
-	done   chan error
-	once   sync.Once
-	err    error
+	cancel   context.CancelFunc
+	finished chan struct{} // closed when Run has returned err
+	err      error
 }
 
-func (r *rig) start(t *testing.T, db *sqlite.DB, out projections.Outbox) *running {
+func (r *rig) start(t testing.TB, db *sqlite.DB, out projections.Outbox) *running {
 	t.Helper()
 	d := projections.NewDispatcher(r.reg, db, r.store, out, projections.Renderer{Compiler: routeexpr.Compiler{}, Sealer: sealer(t)})
 	ctx, cancel := context.WithCancel(context.Background())
-	run := &running{Dispatcher: d, cancel: cancel, done: make(chan error, 1)}
-	go func() { run.done <- d.Run(ctx) }()
+	run := &running{Dispatcher: d, cancel: cancel, finished: make(chan struct{})}
+	go func() {
+		run.err = d.Run(ctx)
+		close(run.finished)
+	}()
 	t.Cleanup(func() { run.stop() })
 	return run
 }
@@ -131,20 +132,33 @@ func (d *running) stop() error {
 
 // ended waits for the dispatcher to end by itself and returns why.
 func (d *running) ended() error {
-	d.once.Do(func() {
-		if err := <-d.done; !errors.Is(err, context.Canceled) {
-			d.err = err
-		}
-	})
+	<-d.finished
+	if errors.Is(d.err, context.Canceled) {
+		return nil
+	}
 	return d.err
 }
 
-func (d *running) wait(t *testing.T, seq uint64) {
+// wait waits until the dispatcher has planned up to seq; it fails the test
+// at once when the dispatcher stops.
+func (d *running) wait(t testing.TB, seq uint64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	go func() {
+		select {
+		case <-d.finished:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if err := d.WaitFor(ctx, seq); err != nil {
-		t.Fatalf("the planner did not reach %d (at %d)", seq, d.Seq())
+		select {
+		case <-d.finished:
+			t.Fatalf("the planner stopped at %d before reaching %d: %v", d.Seq(), seq, d.err)
+		default:
+			t.Fatalf("the planner did not reach %d (at %d)", seq, d.Seq())
+		}
 	}
 }
 
@@ -230,6 +244,9 @@ func TestDispatcherPlansEveryUnitOnce(t *testing.T) {
 	d.wait(t, last)
 	if got := planCount(t, r.env.JS); got["a"] != 6 || got["b"] != 12 {
 		t.Fatalf("plans per server after a restart = %v, want a:6 b:12", got)
+	}
+	if err := d.stop(); err != nil { // a stop commits what is pending
+		t.Fatal(err)
 	}
 	if cp, err := db.Checkpoint(context.Background(), projections.DispatcherName); err != nil || cp != last {
 		t.Fatalf("checkpoint %d, %v; want %d", cp, err, last)

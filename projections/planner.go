@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -87,6 +88,11 @@ type Operation struct {
 	Action   string
 	Resource events.Resource
 	Server   string
+
+	// The resource's attributes decoded, once for every route and script
+	// the operation meets (templates and matches only read them).
+	attrs    map[string]any
+	attrsErr error
 }
 
 // MarshalJSON shows an operation as {backend, action, resource: "type/name"}.
@@ -324,6 +330,7 @@ func (r Renderer) Plan(m *PlanModel, ops []Operation) UnitPlan {
 	perServer := map[string]map[string][]Operation{} // server → backend → ops
 	async := map[string]bool{}                       // route → async
 	for _, op := range ops {
+		op.attrsErr = json.Unmarshal(op.Resource.Attrs, &op.attrs)
 		b := m.backends[op.Backend]
 		taken := false
 		for _, name := range m.routesOf(op) {
@@ -397,14 +404,12 @@ func (r Renderer) match(rt events.Route, b events.Backend, srv events.Server, op
 	if src == "" {
 		return true, nil
 	}
-	m, err := matchers.get(fmt.Sprintf("%T\x00%s", r.Compiler, src), func() (services.Matcher, error) { return r.Compiler.Compile(src) })
+	m, err := matchers.get(reflect.TypeOf(r.Compiler).String()+"\x00"+src, func() (services.Matcher, error) { return r.Compiler.Compile(src) })
 	if err != nil {
 		return false, fmt.Errorf("match: %w", err)
 	}
-	var attrs map[string]any
-	_ = json.Unmarshal(op.Resource.Attrs, &attrs)
 	ok, err := m.Match(services.MatchInput{
-		Resource: services.MatchResource{Type: op.Resource.Type, Name: op.Resource.Name, Attrs: attrs, Labels: op.Resource.Labels},
+		Resource: services.MatchResource{Type: op.Resource.Type, Name: op.Resource.Name, Attrs: op.attrs, Labels: op.Resource.Labels},
 		Server: services.MatchServer{Name: srv.Name, Address: srv.Address, Port: srv.Port, User: srv.User,
 			Method: srv.Method, Labels: srv.Labels},
 		Action: op.Action,
@@ -586,9 +591,8 @@ func parsed(field, src string) (*template.Template, error) {
 // templateData is the template data of an operation, its secrets opened
 // with sealer.
 func templateData(op Operation, srv events.Server, sealer services.Sealer) (map[string]any, error) {
-	var attrs map[string]any
-	if err := json.Unmarshal(op.Resource.Attrs, &attrs); err != nil {
-		return nil, fmt.Errorf("attributes of %s: %w", op.Resource.Name, err)
+	if op.attrsErr != nil {
+		return nil, fmt.Errorf("attributes of %s: %w", op.Resource.Name, op.attrsErr)
 	}
 	ref := services.ResourceName(op.Resource.Type, op.Resource.Name)
 	secrets := make(map[string]any, len(op.Resource.Secrets))
@@ -605,7 +609,7 @@ func templateData(op Operation, srv events.Server, sealer services.Sealer) (map[
 	}
 	return map[string]any{
 		"name": op.Resource.Name, "type": op.Resource.Type, "action": op.Action,
-		"attrs": attrs, "labels": labels, "secrets": secrets, "server": serverData(srv),
+		"attrs": op.attrs, "labels": labels, "secrets": secrets, "server": serverData(srv),
 	}, nil
 }
 

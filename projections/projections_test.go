@@ -17,7 +17,7 @@ import (
 	"github.com/orchestra-fleet/orchestra/services"
 )
 
-func registry(t *testing.T) *events.Registry {
+func registry(t testing.TB) *events.Registry {
 	t.Helper()
 	reg, err := events.NewRegistry(events.Catalog()...)
 	if err != nil {

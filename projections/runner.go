@@ -133,15 +133,6 @@ func NewRunner(proj Projection, store Store, src Source) *Runner {
 	return &Runner{proj: proj, store: store, src: src}
 }
 
-// pending is what the runner has read and not yet committed.
-type pending struct {
-	mu    sync.Mutex
-	rows  []Row
-	last  uint64        // sequence of the last event read; 0: nothing pending
-	ready chan struct{} // has a value when something is pending
-	room  chan struct{} // has a value when rows drop below maxPendingRows
-}
-
 // Run follows the log until ctx ends or a batch cannot be applied.
 func (r *Runner) Run(ctx context.Context) error {
 	from, err := r.store.Checkpoint(ctx, r.proj.Name())
@@ -149,58 +140,98 @@ func (r *Runner) Run(ctx context.Context) error {
 		return fmt.Errorf("projection %s: %w", r.proj.Name(), err)
 	}
 	r.moved(from)
-	ctx, cancel := context.WithCancel(ctx)
+	c := newCommitter(r.proj.Name(), r.store, nil, r.moved)
+	return c.run(ctx, func(ctx context.Context) error {
+		return r.src.Follow(ctx, from+1, func(batch []events.Envelope) error {
+			var rows []Row
+			for _, e := range batch {
+				out, err := r.proj.Apply(e)
+				if err != nil {
+					return fmt.Errorf("projection %s: event %d: %w", r.proj.Name(), e.Sequence, err)
+				}
+				rows = append(rows, out...)
+			}
+			return c.add(ctx, rows, batch[len(batch)-1].Sequence)
+		})
+	})
+}
+
+// committer commits what a follower has read, rows and checkpoint in one
+// transaction, no sooner than MinCommitInterval after the previous commit,
+// in its own goroutine: the follower goes on reading meanwhile, and waits
+// only when maxPendingRows are pending.
+type committer struct {
+	name   string
+	store  Store
+	before func(ctx context.Context, seq uint64) error // runs before each commit; may be nil
+	after  func(seq uint64)                            // runs after each commit; may be nil
+
+	mu    sync.Mutex
+	rows  []Row
+	last  uint64        // sequence of the last event read; 0: nothing pending
+	ready chan struct{} // has a value when something is pending
+	room  chan struct{} // has a value when rows drop below maxPendingRows
+}
+
+func newCommitter(name string, store Store, before func(context.Context, uint64) error, after func(uint64)) *committer {
+	return &committer{name: name, store: store, before: before, after: after,
+		ready: make(chan struct{}, 1), room: make(chan struct{}, 1)}
+}
+
+// run runs follow and the commit loop until either fails or ctx ends. What
+// is pending when ctx ends is committed before run returns.
+func (c *committer) run(ctx context.Context, follow func(context.Context) error) error {
+	inner, cancel := context.WithCancel(ctx)
 	defer cancel()
-	p := &pending{ready: make(chan struct{}, 1), room: make(chan struct{}, 1)}
 	committed := make(chan error, 1)
 	go func() {
-		err := r.commitLoop(ctx, p)
+		err := c.loop(inner)
 		cancel()
 		committed <- err
 	}()
-	err = r.src.Follow(ctx, from+1, func(batch []events.Envelope) error {
-		var rows []Row
-		for _, e := range batch {
-			out, err := r.proj.Apply(e)
-			if err != nil {
-				return fmt.Errorf("projection %s: event %d: %w", r.proj.Name(), e.Sequence, err)
-			}
-			rows = append(rows, out...)
-		}
-		for {
-			p.mu.Lock()
-			if len(p.rows) < maxPendingRows {
-				p.rows = append(p.rows, rows...)
-				p.last = batch[len(batch)-1].Sequence
-				p.mu.Unlock()
-				select {
-				case p.ready <- struct{}{}:
-				default:
-				}
-				return nil
-			}
-			p.mu.Unlock()
-			select {
-			case <-p.room:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-	})
+	err := follow(inner)
 	cancel()
 	if cerr := <-committed; cerr != nil && !errors.Is(cerr, context.Canceled) {
 		return cerr
 	}
+	if ctx.Err() != nil {
+		if ferr := c.flush(context.WithoutCancel(ctx)); ferr != nil {
+			return ferr
+		}
+	}
 	return err
 }
 
-// commitLoop commits what is pending, no sooner than MinCommitInterval
-// after the previous commit.
-func (r *Runner) commitLoop(ctx context.Context, p *pending) error {
+// add hands over rows read up to sequence last.
+func (c *committer) add(ctx context.Context, rows []Row, last uint64) error {
+	for {
+		c.mu.Lock()
+		if len(c.rows) < maxPendingRows {
+			c.rows = append(c.rows, rows...)
+			c.last = last
+			c.mu.Unlock()
+			select {
+			case c.ready <- struct{}{}:
+			default:
+			}
+			return nil
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.room:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// loop commits what is pending, no sooner than MinCommitInterval after the
+// previous commit.
+func (c *committer) loop(ctx context.Context) error {
 	var last time.Time
 	for {
 		select {
-		case <-p.ready:
+		case <-c.ready:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -213,23 +244,37 @@ func (r *Runner) commitLoop(ctx context.Context, p *pending) error {
 				return ctx.Err()
 			}
 		}
-		p.mu.Lock()
-		rows, seq := p.rows, p.last
-		p.rows, p.last = nil, 0
-		p.mu.Unlock()
-		select {
-		case p.room <- struct{}{}:
-		default:
-		}
-		if seq == 0 {
-			continue
-		}
-		// A commit under way finishes even when the runner is stopping:
-		// cancelling it would only throw its work away.
-		if err := r.store.Commit(context.WithoutCancel(ctx), r.proj.Name(), seq, rows); err != nil {
-			return fmt.Errorf("projection %s: commit %d: %w", r.proj.Name(), seq, err)
+		if err := c.flush(context.WithoutCancel(ctx)); err != nil {
+			return err
 		}
 		last = time.Now()
-		r.moved(seq)
 	}
+}
+
+// flush commits what is pending. A commit under way finishes even when the
+// follower is stopping: cancelling it would only throw its work away.
+func (c *committer) flush(ctx context.Context) error {
+	c.mu.Lock()
+	rows, seq := c.rows, c.last
+	c.rows, c.last = nil, 0
+	c.mu.Unlock()
+	select {
+	case c.room <- struct{}{}:
+	default:
+	}
+	if seq == 0 {
+		return nil
+	}
+	if c.before != nil {
+		if err := c.before(ctx, seq); err != nil {
+			return fmt.Errorf("projection %s: %w", c.name, err)
+		}
+	}
+	if err := c.store.Commit(ctx, c.name, seq, rows); err != nil {
+		return fmt.Errorf("projection %s: commit %d: %w", c.name, seq, err)
+	}
+	if c.after != nil {
+		c.after(seq)
+	}
+	return nil
 }
