@@ -91,9 +91,10 @@ func rawPlan(b *testing.B) []byte {
 	return data
 }
 
-// BenchmarkPlanLatency: from a unit's commit to its plans on the servers'
-// queues, with the planner running, against a raw JetStream publish → consume
-// on the same server. Reports p50 and p99 of each.
+// BenchmarkPlanLatency: from an apply of one resource (its append
+// included) to its plans on the servers' queues, with the planner running,
+// against a raw JetStream publish → consume on the same server. Reports p50
+// and p99 of each.
 func BenchmarkPlanLatency(b *testing.B) {
 	r := newRig(b)
 	d := r.start(b, openDB(b), r.bus(b))

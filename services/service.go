@@ -46,7 +46,8 @@ func (c Config) Validate() error {
 // Service is the write side. Its commands, one file each:
 //
 //   - Apply (apply.go): save and delete model objects as one unit of work;
-//   - CreateToken, RevokeToken, Bootstrap, Authenticate (token.go).
+//   - CreateToken, RevokeToken, Bootstrap, Authenticate (token.go);
+//   - Action, SyncServer, Retry: requests for the planner (request.go).
 //
 // It decides against an in-memory State folded from the log. Commands are
 // serialized in this process, and every unit is guarded by the versions it
