@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/orchestra-fleet/orchestra/events"
 )
@@ -123,9 +124,15 @@ func (s *ResourceSpec) normalize() (resourceDraft, error) {
 }
 
 // checkValue refuses what a JSON value may hold but no script or reader
-// can use: a NUL character (a script cannot carry one), or a number beyond
-// a 64-bit float (every JSON reader would fail on it).
+// can use: bytes that are not UTF-8, a NUL character (a script cannot carry
+// one), or a number beyond a 64-bit float (every JSON reader would fail on
+// it).
 func checkValue(field string, value json.RawMessage) error {
+	if !utf8.Valid(value) {
+		// A JSON reader would turn the bytes into U+FFFD silently; the
+		// value would not arrive as sent.
+		return FieldErrorf(EINVALID, field, "is not valid UTF-8; JSON strings carry text (encode binary data, for instance as base64)")
+	}
 	dec := json.NewDecoder(bytes.NewReader(value))
 	dec.UseNumber()
 	var v any

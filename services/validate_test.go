@@ -395,6 +395,14 @@ func TestResourceValidation(t *testing.T) {
 		{name: "unknown field", spec: res("secret", map[string]any{"pw": "x"}), field: "secret", words: []string{"not a known field"}},
 	})
 
+	t.Run("bytes that are not UTF-8 are refused, not replaced", func(t *testing.T) {
+		o, err := services.DecodeSpec(services.KindResource, []byte("{\"type\":\"vhost\",\"name\":\"bin\",\"attrs\":{\"v\":\"a\xffb\"}}"))
+		if err == nil {
+			_, err = h.svc.Apply(context.Background(), admin, services.ApplyRequest{Objects: []services.Object{o}, Single: true})
+		}
+		wantError(t, err, services.EINVALID, "attrs.v", "not valid UTF-8")
+	})
+
 	t.Run("secret with a control character is refused without its value", func(t *testing.T) {
 		_, err := h.applySpec(services.KindResource, res("secrets", map[string]any{"pw": "hunter2\x1b"}))
 		wantError(t, err, services.EINVALID, "secrets.pw", "control character")
