@@ -19,6 +19,10 @@ const (
 	SubjectLogs    = "orchestra.log.>"
 
 	eventPrefix = "orchestra.evt."
+
+	// OutputBucket is the object store bucket that keeps the whole output
+	// of scripts whose output outgrew the chunks published on RESULTS.
+	OutputBucket = "orchestra-output"
 )
 
 // MaxNameLen bounds every name that ends up in a subject token: aggregate ids,

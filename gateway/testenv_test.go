@@ -390,7 +390,7 @@ func (e *env) resetFixtures(t testing.TB) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	rec := &events.ScriptPlanned{ID: fixtureScript, Unit: fixtureScript, Sequence: 1, Server: "web1", Backend: "vhost", State: projections.StateReceived,
+	rec := &events.ScriptPlanned{ID: fixtureScript, Unit: fixtureScript, Sequence: 1, Server: "web1", Backend: "vhost", State: events.StateReceived,
 		Operations: []events.OperationRef{{Backend: "vhost", Action: "save", Type: "website", Name: "shop"}}}
 	if err := e.Bus.Send(ctx, nil, []events.Result{rec}); err != nil {
 		t.Fatal(err)

@@ -202,7 +202,7 @@ func (d *Dispatcher) unit(ctx context.Context, unit []events.Envelope, b *outgoi
 		scripts := make([]*events.ScriptPlanned, len(sp.Scripts))
 		for i, s := range sp.Scripts {
 			scripts[i] = scriptRecord(last, sp.Name, s)
-			if s.State == StateReceived {
+			if s.State == events.StateReceived {
 				msg.Scripts = append(msg.Scripts, events.PlanScript{ID: scripts[i].ID, Backend: s.Backend,
 					Executable: s.Executable, Timeout: s.Timeout, Async: s.Async, Operations: scripts[i].Operations, Script: s.Text})
 			}
@@ -215,8 +215,8 @@ func (d *Dispatcher) unit(ctx context.Context, unit []events.Envelope, b *outgoi
 			switch size := planSize(msg); {
 			case size > d.out.MaxPlan():
 				for _, r := range scripts {
-					if r.State == StateReceived {
-						r.State, r.Reason, r.Script = StateError, fmt.Sprintf("the plan for %s is %d bytes, more than the %d a message may carry; apply fewer resources at a time", sp.Name, size, d.out.MaxPlan()), ""
+					if r.State == events.StateReceived {
+						r.State, r.Reason, r.Script = events.StateError, fmt.Sprintf("the plan for %s is %d bytes, more than the %d a message may carry; apply fewer resources at a time", sp.Name, size, d.out.MaxPlan()), ""
 					}
 				}
 			case !queued:

@@ -228,7 +228,7 @@ func TestDispatcherPlansEveryUnitOnce(t *testing.T) {
 		t.Fatalf("%d unit records and %d script records, want 10 and 15", len(units), len(scripts))
 	}
 	for _, s := range scripts {
-		if s.State != projections.StateReceived || !strings.Contains(s.Script, "echo on '"+s.Server+"'") {
+		if s.State != events.StateReceived || !strings.Contains(s.Script, "echo on '"+s.Server+"'") {
 			t.Errorf("script record %+v", s)
 		}
 	}

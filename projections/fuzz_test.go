@@ -88,12 +88,12 @@ func FuzzRender(f *testing.F) {
 		// variables, or an ERROR that says why.
 		vars := "ORC_NAME='r' ORC_TYPE='website' ORC_ACTION='save'\nORC_ATTR_v=" + services.ShellQuote(v) + "\n"
 		switch fuzzed.State {
-		case projections.StateReceived:
+		case events.StateReceived:
 			if !strings.HasPrefix(fuzzed.Text, projections.DefaultPrepare+"\n# save 'website/r'\n"+vars) ||
 				!strings.HasSuffix(fuzzed.Text, "\n"+projections.DefaultCommit) || len(fuzzed.Text) > r.MaxScript {
 				t.Fatalf("fuzzed script is not framed:\n%s", fuzzed.Text)
 			}
-		case projections.StateError:
+		case events.StateError:
 			if fuzzed.Text != "" || fuzzed.Reason == "" {
 				t.Fatalf("fuzzed script: ERROR with text %q, reason %q", fuzzed.Text, fuzzed.Reason)
 			}
@@ -104,7 +104,7 @@ func FuzzRender(f *testing.F) {
 		// The fixed template: every value is exactly one quoted word.
 		want := projections.DefaultPrepare + "\n# save 'website/r'\n" + vars +
 			"echo " + services.ShellQuote(v) + " " + services.ShellQuote(label) + "\n" + projections.DefaultCommit
-		if quoted.State != projections.StateReceived || quoted.Text != want {
+		if quoted.State != events.StateReceived || quoted.Text != want {
 			t.Fatalf("quoted script (%s %s)\n%q\nwant\n%q", quoted.State, quoted.Reason, quoted.Text, want)
 		}
 		if bash == "" || !printable(v) || !printable(label) {

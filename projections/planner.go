@@ -25,13 +25,6 @@ const (
 	ActionDelete = "delete"
 )
 
-// Script states the planner decides (DESIGN.md §2).
-const (
-	StateReceived = "RECEIVED" // planned, to be sent to the server
-	StateNothing  = "NOTHING"  // no action content: not sent, counts as success
-	StateError    = "ERROR"    // could not be rendered; the reason is recorded
-)
-
 // Default prepare and commit of a backend that has none.
 const (
 	DefaultPrepare = "set -e\nset -o pipefail\nexit_code=0\n"
@@ -446,17 +439,17 @@ func (b *scriptBuffer) Write(p []byte) (int, error) {
 // operation has secrets, the script is rendered a second time with the
 // secrets masked, into Shown.
 func (r Renderer) render(b events.Backend, srv events.Server, ops []Operation) Script {
-	s := Script{Backend: b.Name, Executable: b.Executable, Timeout: b.Timeout, Operations: ops, State: StateReceived}
+	s := Script{Backend: b.Name, Executable: b.Executable, Timeout: b.Timeout, Operations: ops, State: events.StateReceived}
 	text, err := r.text(b, srv, ops, r.Sealer)
 	switch {
 	case errors.Is(err, errNothing):
-		s.State, s.Reason = StateNothing, err.Error()
+		s.State, s.Reason = events.StateNothing, err.Error()
 		return s
 	case errors.Is(err, errScriptTooLarge):
-		s.State, s.Reason = StateError, fmt.Sprintf("backend %s: the script outgrows %d bytes; apply fewer resources at a time", b.Name, r.maxScript())
+		s.State, s.Reason = events.StateError, fmt.Sprintf("backend %s: the script outgrows %d bytes; apply fewer resources at a time", b.Name, r.maxScript())
 		return s
 	case err != nil:
-		s.State, s.Reason = StateError, err.Error()
+		s.State, s.Reason = events.StateError, err.Error()
 		return s
 	}
 	s.Text = text
@@ -468,7 +461,7 @@ func (r Renderer) render(b events.Backend, srv events.Server, ops []Operation) S
 		case errors.Is(err, errScriptTooLarge):
 			s.Shown = fmt.Sprintf("# the script, with its secrets masked, outgrows %d bytes and is not shown\n", r.maxScript())
 		case err != nil:
-			s.State, s.Reason, s.Text = StateError, err.Error(), ""
+			s.State, s.Reason, s.Text = events.StateError, err.Error(), ""
 		}
 	}
 	return s

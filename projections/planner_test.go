@@ -243,7 +243,7 @@ func TestPlanInjection(t *testing.T) {
 		}), route("vhost", "web1", "", true)})
 		plan := renderer(t).Plan(m, m.Collect([]events.Payload{saved("website", "r", string(attrs))}))
 		script := plan.Servers[0].Scripts[0]
-		if script.State != projections.StateReceived {
+		if script.State != events.StateReceived {
 			t.Fatalf("value %d: %+v", i, script)
 		}
 		bash := exec.Command("/bin/bash") // the script on stdin, as executors run it
@@ -479,7 +479,7 @@ func TestPlanMaxScript(t *testing.T) {
 	ops := m.Collect([]events.Payload{saved("website", "shop", `{"blob":"`+strings.Repeat("x", 4000)+`"}`)})
 	r := renderer(t)
 	full := r.Plan(m, ops).Servers[0].Scripts[0]
-	if full.Backend != "big" || full.State != projections.StateReceived || len(full.Text) < 4000 {
+	if full.Backend != "big" || full.State != events.StateReceived || len(full.Text) < 4000 {
 		t.Fatalf("without a bound: %+v", full)
 	}
 	for _, tc := range []struct {
@@ -611,7 +611,7 @@ func TestPlanShowsSecretsMasked(t *testing.T) {
 		fits := r.Plan(m, ops).Servers[0].Scripts[0]
 		r.MaxScript, r.Show = len(fits.Text), true
 		s := r.Plan(m, ops).Servers[0].Scripts[0]
-		if s.State != projections.StateReceived || s.Text != fits.Text || !strings.Contains(s.Shown, "is not shown") {
+		if s.State != events.StateReceived || s.Text != fits.Text || !strings.Contains(s.Shown, "is not shown") {
 			t.Fatalf("a script of exactly the bound, shown: state %s, reason %q, shown %q", s.State, s.Reason, s.Shown)
 		}
 	})

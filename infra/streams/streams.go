@@ -20,12 +20,16 @@ type Config struct {
 	LogRetention time.Duration
 	// LogMaxBytes bounds the LOGS stream (supervised process output).
 	LogMaxBytes int64
+	// OutputMaxBytes bounds the bucket of whole script outputs.
+	OutputMaxBytes int64
 }
 
 // Defaults: one replica, 30 days of logs, 1 GiB of process output.
 const (
 	DefaultLogRetention = 30 * 24 * time.Hour
 	DefaultLogMaxBytes  = 1 << 30
+	// DefaultOutputMaxBytes bounds the bucket of whole script outputs.
+	DefaultOutputMaxBytes = 8 << 30
 	// EventDuplicates is the de-duplication window of EVENTS: a unit
 	// retried within it is recognised by its message ids.
 	EventDuplicates = 10 * time.Minute
@@ -40,6 +44,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.LogMaxBytes == 0 {
 		c.LogMaxBytes = DefaultLogMaxBytes
+	}
+	if c.OutputMaxBytes == 0 {
+		c.OutputMaxBytes = DefaultOutputMaxBytes
 	}
 }
 
@@ -110,6 +117,7 @@ func retained(c Config, name, description, subject string) jetstream.StreamConfi
 // Provision creates the streams or brings them to the configuration. Run it
 // as often as you like: an unchanged stream is left alone.
 func Provision(ctx context.Context, js jetstream.JetStream, c Config) error {
+	c.setDefaults()
 	cfgs, err := Configs(c)
 	if err != nil {
 		return err
@@ -124,6 +132,12 @@ func Provision(ctx context.Context, js jetstream.JetStream, c Config) error {
 		Storage: jetstream.FileStorage, Replicas: c.Replicas, History: 1,
 	}); err != nil {
 		return fmt.Errorf("provision bucket %s: %w", PlannerBucket, err)
+	}
+	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket: events.OutputBucket, Description: "Whole outputs of scripts that outgrew their chunks on RESULTS",
+		Storage: jetstream.FileStorage, Replicas: c.Replicas, TTL: c.LogRetention, MaxBytes: c.OutputMaxBytes,
+	}); err != nil {
+		return fmt.Errorf("provision bucket %s: %w", events.OutputBucket, err)
 	}
 	return nil
 }

@@ -1,0 +1,360 @@
+package executor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/orchestra-fleet/orchestra/events"
+)
+
+// Defaults of Config.
+const (
+	DefaultAckWait     = 30 * time.Second
+	DefaultMaxAttempts = 5
+	DefaultParallel    = 64
+	// DefaultTimeout bounds a script whose plan names no timeout.
+	DefaultTimeout = 5 * time.Minute
+)
+
+// Config of an Executor.
+type Config struct {
+	JetStream jetstream.JetStream
+	// Methods serve servers by their method ("ssh", "local", "agent");
+	// servers of other methods are left to other executors.
+	Methods map[string]Method
+	// AckWait is how long a plan stays with an executor that stopped
+	// answering before it goes to another (or the same, restarted) one.
+	// A running script renews it every AckWait/3.
+	AckWait time.Duration
+	// MaxAttempts is how many times a plan may be lost mid-run (the
+	// executor crashed or lost its connection) before its scripts are
+	// given up as ABORTED.
+	MaxAttempts int
+	// Parallel bounds how many servers run a plan at once.
+	Parallel int
+	// KeepOutput keeps outputs beyond Limits.Events whole in events.OutputBucket.
+	KeepOutput bool
+	Limits     Limits
+	Logger     *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.AckWait == 0 {
+		c.AckWait = DefaultAckWait
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = DefaultMaxAttempts
+	}
+	if c.Parallel == 0 {
+		c.Parallel = DefaultParallel
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	c.Limits.setDefaults()
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.JetStream == nil {
+		errs = append(errs, errors.New("executor: JetStream is required"))
+	}
+	if len(c.Methods) == 0 {
+		errs = append(errs, errors.New("executor: no methods"))
+	}
+	if c.AckWait < time.Second {
+		errs = append(errs, fmt.Errorf("executor: ack wait %s, want at least 1s", c.AckWait))
+	}
+	if c.MaxAttempts < 1 || c.Parallel < 1 {
+		errs = append(errs, errors.New("executor: max attempts and parallel must be at least 1"))
+	}
+	return errors.Join(errs...)
+}
+
+// Executor carries out the plans of many servers: strictly one plan at a
+// time and in order on each server, many servers at once.
+type Executor struct {
+	cfg Config
+	res *results
+	sem chan struct{}
+}
+
+// New returns an executor on the provisioned streams.
+func New(ctx context.Context, cfg Config) (*Executor, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	res := &results{js: cfg.JetStream}
+	if cfg.KeepOutput {
+		obj, err := cfg.JetStream.ObjectStore(ctx, events.OutputBucket)
+		if err != nil {
+			return nil, fmt.Errorf("executor: bucket %s: %w", events.OutputBucket, err)
+		}
+		res.objects = obj
+	}
+	return &Executor{cfg: cfg, res: res, sem: make(chan struct{}, cfg.Parallel)}, nil
+}
+
+// Run serves every active server of the fleet whose method this executor
+// has, picking up servers as they are added, changed or removed, until ctx
+// ends.
+func (e *Executor) Run(ctx context.Context, fleet *Fleet) error {
+	type worker struct {
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+	workers := map[string]worker{}
+	defer func() {
+		for _, w := range workers {
+			w.cancel()
+			<-w.done
+		}
+	}()
+	for {
+		servers, changed := fleet.Servers()
+		for name, w := range workers {
+			if s, ok := servers[name]; !ok || !e.serves(s) {
+				w.cancel()
+				<-w.done
+				delete(workers, name)
+				e.cfg.Logger.Info("executor: server no longer served here", "server", name)
+			}
+		}
+		for name, s := range servers {
+			if _, ok := workers[name]; ok || !e.serves(s) {
+				continue
+			}
+			wctx, cancel := context.WithCancel(ctx)
+			w := worker{cancel: cancel, done: make(chan struct{})}
+			workers[name] = w
+			go func() {
+				defer close(w.done)
+				e.Serve(wctx, name, func() (events.Server, bool) { return fleet.Server(name) })
+			}()
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (e *Executor) serves(s events.Server) bool {
+	_, ok := e.cfg.Methods[s.Method]
+	return ok && s.Active
+}
+
+// Serve carries out the plans of one server in order until ctx ends.
+// lookup returns the server as it is when a plan starts.
+func (e *Executor) Serve(ctx context.Context, name string, lookup func() (events.Server, bool)) {
+	log := e.cfg.Logger.With("server", name)
+	wait := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := e.serve(ctx, name, lookup, log)
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("executor: the server's queue failed; retrying", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 10*time.Second)
+	}
+}
+
+// ConsumerName is the durable consumer of a server's queue.
+func ConsumerName(server string) (string, error) {
+	tok, err := events.Token(server)
+	if err != nil {
+		return "", err
+	}
+	return "exec-" + tok, nil
+}
+
+// ConsumerConfig is the durable consumer that gives a server its plans
+// one at a time: with MaxAckPending 1 the next plan is not delivered
+// before the current one is acknowledged.
+func ConsumerConfig(server string, ackWait time.Duration) (jetstream.ConsumerConfig, error) {
+	name, err := ConsumerName(server)
+	if err != nil {
+		return jetstream.ConsumerConfig{}, err
+	}
+	subject, err := events.ExecSubject(server)
+	if err != nil {
+		return jetstream.ConsumerConfig{}, err
+	}
+	return jetstream.ConsumerConfig{
+		Durable:       name,
+		Description:   "Plans of server " + server + ", one at a time",
+		FilterSubject: subject,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxAckPending: 1,
+		MaxDeliver:    -1,
+	}, nil
+}
+
+func (e *Executor) serve(ctx context.Context, name string, lookup func() (events.Server, bool), log *slog.Logger) error {
+	cfg, err := ConsumerConfig(name, e.cfg.AckWait)
+	if err != nil {
+		return err
+	}
+	cons, err := e.cfg.JetStream.CreateOrUpdateConsumer(ctx, events.StreamExec, cfg)
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", cfg.Durable, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(1))
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", cfg.Durable, err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	defer it.Stop()
+	log.Debug("executor: serving", "consumer", cfg.Durable)
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			return err
+		}
+		e.handle(ctx, msg, lookup, log)
+	}
+}
+
+// handle carries out one plan and acknowledges it once every script's
+// result is stored. When the executor stops or loses the plan meanwhile,
+// it is not acknowledged: it comes back, with the next attempt number.
+func (e *Executor) handle(ctx context.Context, msg jetstream.Msg, lookup func() (events.Server, bool), log *slog.Logger) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		log.Error("executor: a message without metadata", "err", err)
+		_ = msg.Term()
+		return
+	}
+	var plan events.Plan
+	if err := json.Unmarshal(msg.Data(), &plan); err != nil {
+		log.Error("executor: not a plan; dropped", "stream_seq", meta.Sequence.Stream, "err", err)
+		_ = msg.TermWithReason("not a plan")
+		return
+	}
+	attempt := int(meta.NumDelivered)
+	pctx, lost := context.WithCancelCause(ctx)
+	defer lost(nil)
+	stopBeat := e.heartbeat(pctx, msg, lost)
+	defer stopBeat()
+
+	select {
+	case e.sem <- struct{}{}:
+		defer func() { <-e.sem }()
+	case <-pctx.Done():
+	}
+	for _, s := range plan.Scripts {
+		if pctx.Err() != nil {
+			break
+		}
+		srv, ok := lookup()
+		if !ok {
+			srv = events.Server{Name: plan.Server}
+		}
+		if err := e.run(pctx, srv, plan, s, attempt); err != nil && pctx.Err() == nil {
+			log.Error("executor: script result not stored", "script", s.ID, "err", err)
+			lost(err)
+		}
+	}
+	switch {
+	case ctx.Err() != nil:
+		// Stopping: hand the plan back at once rather than after AckWait.
+		_ = msg.Nak()
+		return
+	case pctx.Err() != nil:
+		log.Warn("executor: plan lost mid-run; it will be delivered again", "unit", plan.Unit, "attempt", attempt, "why", context.Cause(pctx))
+		return
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		log.Warn("executor: acknowledging the plan failed; it will run again", "unit", plan.Unit, "err", err)
+	}
+}
+
+// heartbeat tells the server every AckWait/3 that the plan is still being
+// worked on. When that fails the plan may go to another executor, so the
+// run is cancelled through lost.
+func (e *Executor) heartbeat(ctx context.Context, msg jetstream.Msg, lost context.CancelCauseFunc) (stop func()) {
+	done := make(chan struct{})
+	var once sync.Once
+	go func() {
+		t := time.NewTicker(e.cfg.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := msg.InProgress(); err != nil {
+					lost(fmt.Errorf("heartbeat: %w", err))
+					return
+				}
+			}
+		}
+	}()
+	return func() { once.Do(func() { close(done) }) }
+}
+
+// run carries out one script of a plan and stores its result. A script
+// that already finished in an earlier attempt is not run again.
+func (e *Executor) run(ctx context.Context, srv events.Server, plan events.Plan, s events.PlanScript, attempt int) error {
+	if attempt > 1 {
+		done, err := e.res.finished(ctx, plan.Server, s.ID)
+		if err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+	}
+	fin := events.ScriptFinished{ID: s.ID, Unit: plan.Unit, Server: plan.Server, Backend: s.Backend, Attempt: attempt, ExitCode: -1}
+	method, ok := e.cfg.Methods[srv.Method]
+	switch {
+	case attempt > e.cfg.MaxAttempts:
+		fin.State = events.StateAborted
+		fin.Reason = fmt.Sprintf("lost mid-run %d times (the executor crashed or lost its connection); given up", attempt-1)
+	case !ok:
+		fin.State = events.StateError
+		fin.Reason = fmt.Sprintf("server %s is no longer served by this executor (method %q)", plan.Server, srv.Method)
+	default:
+		timeout := DefaultTimeout
+		if d, err := time.ParseDuration(s.Timeout); err == nil && d > 0 {
+			timeout = d
+		}
+		fin.Started = time.Now()
+		started := events.ScriptStarted{ID: s.ID, Unit: plan.Unit, Server: plan.Server, Backend: s.Backend,
+			Attempt: attempt, Executor: method.Name(), Time: fin.Started}
+		if _, err := e.res.publish(plan.Server, s.ID, fmt.Sprintf("%s.%d.%s", s.ID, attempt, started.ResultType()), started); err != nil {
+			return err
+		}
+		c := newCapture(e.res, plan.Server, s.ID, attempt, e.cfg.Limits)
+		out := method.Run(ctx, Job{Server: srv, Script: s, Timeout: timeout, Stdout: c.stdout(), Stderr: c.stderr()})
+		fin.Duration = time.Since(fin.Started)
+		object, note := c.finish(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		fin.State, fin.ExitCode, fin.Reason, fin.Object = out.State, out.ExitCode, join(out.Reason, note), object
+		fin.Stdout, fin.Stderr = c.streams[0].total, c.streams[1].total
+	}
+	fin.Time = time.Now()
+	return e.res.store(ctx, plan.Server, s.ID, fmt.Sprintf("%s.%d.%s", s.ID, attempt, fin.ResultType()), fin)
+}

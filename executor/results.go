@@ -1,0 +1,102 @@
+package executor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/orchestra-fleet/orchestra/events"
+)
+
+// results publishes what happens to scripts on RESULTS.
+type results struct {
+	js jetstream.JetStream
+	// objects keeps whole outputs; nil where whole output is not kept
+	// (an agent's credentials do not reach the bucket).
+	objects jetstream.ObjectStore
+}
+
+// publish sends one result without waiting for its acknowledgement.
+func (r *results) publish(server string, id uuid.UUID, msgID string, v events.Result) (jetstream.PubAckFuture, error) {
+	subject, err := events.ScriptSubject(server, id, v.ResultType())
+	if err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", v.ResultType(), err)
+	}
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{jetstream.MsgIDHeader: {msgID}}}
+	return r.js.PublishMsgAsync(msg)
+}
+
+// store publishes one result and waits until it is stored, retrying with
+// backoff until ctx ends: the script has run, and its result must not be
+// lost to a passing disconnect. The message id makes retries harmless.
+func (r *results) store(ctx context.Context, server string, id uuid.UUID, msgID string, v events.Result) error {
+	wait := 50 * time.Millisecond
+	for {
+		f, err := r.publish(server, id, msgID, v)
+		if err == nil {
+			select {
+			case <-f.Ok():
+				return nil
+			case err = <-f.Err():
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if fe := (*events.FieldError)(nil); errors.As(err, &fe) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("store %s of script %s: %w (last error: %v)", v.ResultType(), id, ctx.Err(), err)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// finished reports whether an attempt of script already ended for good:
+// after a redelivery, scripts of the plan that finished are not run again.
+// It asks for the last ScriptFinished of the script with a direct get on
+// the server's own subject, which an agent's credentials allow.
+func (r *results) finished(ctx context.Context, server string, id uuid.UUID) (bool, error) {
+	subject, err := events.ScriptSubject(server, id, events.ScriptFinished{}.ResultType())
+	if err != nil {
+		return false, err
+	}
+	reply, err := r.js.Conn().RequestWithContext(ctx, "$JS.API.DIRECT.GET."+events.StreamResults+"."+subject, nil)
+	if err != nil {
+		return false, fmt.Errorf("look up the result of script %s: %w", id, err)
+	}
+	switch status := reply.Header.Get("Status"); status {
+	case "":
+		return true, nil
+	case "404":
+		return false, nil
+	default:
+		return false, fmt.Errorf("look up the result of script %s: status %s %s", id, status, reply.Header.Get("Description"))
+	}
+}
+
+// keep stores a whole output in the bucket under name.
+func (r *results) keep(ctx context.Context, name string, size int64, body io.Reader) error {
+	_, err := r.objects.Put(ctx, jetstream.ObjectMeta{
+		Name:        name,
+		Description: "whole output, " + strconv.FormatInt(size, 10) + " bytes",
+	}, body)
+	if err != nil {
+		return fmt.Errorf("keep output %s: %w", name, err)
+	}
+	return nil
+}
