@@ -15,7 +15,10 @@ type Server struct {
 	Method  string            `json:"method"` // ssh | local | agent
 	Labels  map[string]string `json:"labels,omitempty"`
 	HostKey string            `json:"host_key,omitempty"`
-	Active  bool              `json:"active"`
+	// TrustOnFirstUse lets the ssh method accept an unknown host key on
+	// the first connection and pin it (as a ServerSaved) from then on.
+	TrustOnFirstUse bool `json:"trust_on_first_use,omitempty"`
+	Active          bool `json:"active"`
 }
 
 // ServerSaved: a server was created or changed.

@@ -2,6 +2,7 @@ package services
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/binary"
 	"maps"
@@ -27,7 +28,10 @@ type ServerSpec struct {
 	Method  string            `json:"method,omitempty"`
 	Labels  map[string]string `json:"labels,omitempty"`
 	HostKey string            `json:"host_key,omitempty"`
-	Active  *bool             `json:"active,omitempty"`
+	// TrustOnFirstUse: accept an unknown host key on the first connection
+	// and pin it.
+	TrustOnFirstUse bool  `json:"trust_on_first_use,omitempty"`
+	Active          *bool `json:"active,omitempty"`
 }
 
 // normalize validates s and returns the server it describes, defaults
@@ -38,7 +42,7 @@ func (s *ServerSpec) normalize() (events.Server, error) {
 	}
 	out := events.Server{
 		Name: s.Name, Address: s.Address, Port: s.Port, User: s.User, Method: s.Method,
-		Labels: s.Labels, HostKey: strings.TrimSpace(s.HostKey), Active: s.Active == nil || *s.Active,
+		Labels: s.Labels, HostKey: strings.TrimSpace(s.HostKey), TrustOnFirstUse: s.TrustOnFirstUse, Active: s.Active == nil || *s.Active,
 	}
 	if out.Address == "" {
 		if !validHost(s.Name) {
@@ -91,6 +95,7 @@ func serverChanges(a, b events.Server) []string {
 	add("method", a.Method != b.Method)
 	add("labels", !maps.Equal(a.Labels, b.Labels))
 	add("host_key", a.HostKey != b.HostKey)
+	add("trust_on_first_use", a.TrustOnFirstUse != b.TrustOnFirstUse)
 	add("active", a.Active != b.Active)
 	return out
 }
@@ -137,4 +142,36 @@ func validateHostKey(k string) error {
 		return FieldErrorf(EINVALID, "host_key", "the key blob does not hold a %s key", parts[0])
 	}
 	return nil
+}
+
+// TrustHostKey pins key, the host key an executor was shown on its first
+// connection to a server that trusts on first use. It is recorded as a
+// ServerSaved by the executor, and checked like any other key from then on.
+// A server that already has a key pinned keeps it: a different key is a
+// conflict.
+func (s *Service) TrustHostKey(ctx context.Context, name, key string) error {
+	if err := validateHostKey(key); err != nil {
+		return err
+	}
+	ref := Ref{Kind: KindServer, Name: name}
+	_, err := serialized(ctx, s, func() (struct{}, error) {
+		s.mu.RLock()
+		cur, exists := s.state.servers[name]
+		s.mu.RUnlock()
+		switch {
+		case !exists:
+			return struct{}{}, Errorf(ENOTFOUND, "server %s does not exist", name)
+		case !cur.value.TrustOnFirstUse:
+			return struct{}{}, FieldErrorf(EINVALID, "trust_on_first_use", "server %s does not trust a host key on first use", name)
+		case cur.value.HostKey == key:
+			return struct{}{}, nil
+		case cur.value.HostKey != "":
+			return struct{}{}, Errorf(ECONFLICT, "server %s has host key %s pinned already", name, cur.value.HostKey)
+		}
+		next := cur.value
+		next.HostKey = key
+		_, _, err := s.commitOne(ctx, Principal{Name: "executor"}, ref.Aggregate(), cur.version, &events.ServerSaved{Server: next, Changed: []string{"host_key"}})
+		return struct{}{}, err
+	})
+	return err
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/executor"
 	"github.com/orchestra-fleet/orchestra/gateway"
 	"github.com/orchestra-fleet/orchestra/infra/eventstore"
 	"github.com/orchestra-fleet/orchestra/infra/files"
@@ -37,13 +38,16 @@ type core struct {
 	store      *eventstore.Store
 	runner     *projections.Runner
 	dispatcher *projections.Dispatcher
+	executor   *executor.Executor
+	fleet      *executor.Fleet
+	ssh        *executor.SSH
 }
 
 // startCore opens the event store, catches the write model up with the log,
 // issues the first admin token when there is none, and puts the API in
 // place of the start-up handler.
 func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *sqlite.DB, sealer services.Sealer,
-	handler *atomic.Pointer[http.Handler], gw gateway.Config, log *slog.Logger) (*core, error) {
+	handler *atomic.Pointer[http.Handler], gw gateway.Config, ex execFlags, log *slog.Logger) (*core, error) {
 	reg, err := events.NewRegistry(events.Catalog()...)
 	if err != nil {
 		return nil, err
@@ -57,7 +61,8 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 		return nil, err
 	}
 	planner := projections.NewPlanner(reg, routeexpr.Compiler{})
-	follower := logFollower{store, []observer{svc, planner}}
+	fleet := executor.NewFleet()
+	follower := logFollower{store, []observer{svc, planner, fleet}}
 	if err := follower.catchUp(ctx); err != nil {
 		return nil, err
 	}
@@ -69,7 +74,11 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 		return nil, err
 	}
 	c := &core{svc: svc, store: store, runner: projections.NewRunner(projections.NewModel(reg), db, follower),
-		dispatcher: projections.NewDispatcher(reg, db, store, bus, projections.Renderer{Compiler: routeexpr.Compiler{}, Sealer: sealer})}
+		dispatcher: projections.NewDispatcher(reg, db, store, bus, projections.Renderer{Compiler: routeexpr.Compiler{}, Sealer: sealer}),
+		fleet:      fleet}
+	if c.executor, c.ssh, err = newExecutor(ctx, js, svc, ex, log); err != nil {
+		return nil, err
+	}
 	gw.Service, gw.Rows, gw.Model, gw.Planner, gw.Idempotency, gw.Logger = svc, db, c.runner, planner, db, log
 	gw.Scripts = bus
 	h, err := gateway.NewHandler(gw)
@@ -85,7 +94,9 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 func (c *core) run(ctx context.Context) error {
 	inner, cancel := context.WithCancel(ctx)
 	defer cancel()
-	runs := []func(context.Context) error{c.runner.Run, c.dispatcher.Run}
+	defer c.ssh.Close()
+	execute := func(ctx context.Context) error { return c.executor.Run(ctx, c.fleet) }
+	runs := []func(context.Context) error{c.runner.Run, c.dispatcher.Run, execute}
 	errs := make(chan error, len(runs))
 	for _, run := range runs {
 		go func() {
@@ -100,6 +111,28 @@ func (c *core) run(ctx context.Context) error {
 		}
 	}
 	return first
+}
+
+// newExecutor builds the executor of this process: the ssh and local
+// methods; agent servers are served by their agents.
+func newExecutor(ctx context.Context, js jetstream.JetStream, svc *services.Service, ex execFlags, log *slog.Logger) (*executor.Executor, *executor.SSH, error) {
+	host, _ := os.Hostname()
+	ssh, err := executor.NewSSH(executor.SSHConfig{
+		Host: host, KeyFiles: ex.SSHKeys, AgentSocket: os.Getenv("SSH_AUTH_SOCK"), KnownHosts: ex.KnownHosts,
+		ConnectTimeout: ex.ConnectTimeout, Trust: svc.TrustHostKey,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	e, err := executor.New(ctx, executor.Config{
+		JetStream:  js,
+		Methods:    map[string]executor.Method{services.MethodSSH: ssh, services.MethodLocal: executor.Local{Host: host}},
+		AckWait:    ex.AckWait,
+		Parallel:   ex.Parallel,
+		KeepOutput: true,
+		Logger:     log.With("component", "executor"),
+	})
+	return e, ssh, err
 }
 
 // observer is what follows the log in memory: the write model and the

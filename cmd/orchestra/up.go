@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/orchestra-fleet/orchestra/executor"
 	"github.com/orchestra-fleet/orchestra/gateway"
 	"github.com/orchestra-fleet/orchestra/infra/natsserver"
 	"github.com/orchestra-fleet/orchestra/infra/streams"
@@ -39,6 +40,16 @@ type upConfig struct {
 	LogRetention time.Duration
 	LogLevel     string
 	LogFormat    string
+	Exec         execFlags
+}
+
+// execFlags configure the executor of `orchestra up`.
+type execFlags struct {
+	SSHKeys        []string
+	KnownHosts     []string
+	ConnectTimeout time.Duration
+	AckWait        time.Duration
+	Parallel       int
 }
 
 // Validate reports every bad flag at once, each naming the flag.
@@ -61,6 +72,15 @@ func (c upConfig) Validate() error {
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
+	}
+	if c.Exec.AckWait < time.Second {
+		errs = append(errs, fmt.Errorf("--ack-wait: %s, want at least 1s", c.Exec.AckWait))
+	}
+	if c.Exec.Parallel < 1 {
+		errs = append(errs, fmt.Errorf("--parallel: %d, want at least 1", c.Exec.Parallel))
+	}
+	if c.Exec.ConnectTimeout < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("--connect-timeout: %s, want at least 100ms", c.Exec.ConnectTimeout))
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("--log-format: %q, want text or json", c.LogFormat))
@@ -95,6 +115,14 @@ func newUpCommand(stderr io.Writer) *cobra.Command {
 	f.StringVar(&c.Fsync, "fsync", "interval", "embedded JetStream durability: interval (fsync every 2 min) or always (every write)")
 	f.IntVar(&c.Replicas, "replicas", 1, "stream replicas: 1 embedded, 3 on a cluster")
 	f.DurationVar(&c.LogRetention, "log-retention", streams.DefaultLogRetention, "how long EXEC, RESULTS and LOGS keep messages")
+	home, _ := os.UserHomeDir()
+	sshDir := filepath.Join(home, ".ssh")
+	f.StringSliceVar(&c.Exec.SSHKeys, "ssh-key", []string{filepath.Join(sshDir, "id_ed25519"), filepath.Join(sshDir, "id_ecdsa"), filepath.Join(sshDir, "id_rsa")},
+		"private keys of the ssh method (repeatable; missing files are skipped; an ssh-agent at SSH_AUTH_SOCK is used too)")
+	f.StringSliceVar(&c.Exec.KnownHosts, "known-hosts", []string{filepath.Join(sshDir, "known_hosts")}, "known_hosts files that verify servers without a pinned host_key (repeatable)")
+	f.DurationVar(&c.Exec.ConnectTimeout, "connect-timeout", executor.DefaultConnectTimeout, "bound on connecting to a server over ssh, handshake included")
+	f.DurationVar(&c.Exec.AckWait, "ack-wait", executor.DefaultAckWait, "how long a plan stays with an executor that stopped answering before it runs again")
+	f.IntVar(&c.Exec.Parallel, "parallel", executor.DefaultParallel, "how many servers run a plan at once")
 	f.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&c.LogFormat, "log-format", "text", "text or json")
 	return cmd
@@ -205,7 +233,7 @@ func up(ctx context.Context, c upConfig, log *slog.Logger) error {
 			if err := provision(pctx, js, c, log); err != nil {
 				return nil // interrupted before NATS answered
 			}
-			core, err := startCore(pctx, js, dataDir, db, sealer, &handler, gw, log)
+			core, err := startCore(pctx, js, dataDir, db, sealer, &handler, gw, c.Exec, log)
 			if err != nil {
 				if pctx.Err() != nil {
 					return nil

@@ -1,0 +1,359 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/orchestra-fleet/orchestra/events"
+)
+
+// DefaultConnectTimeout bounds connecting to a server and the SSH
+// handshake.
+const DefaultConnectTimeout = 10 * time.Second
+
+// SSHConfig configures the ssh method.
+type SSHConfig struct {
+	// Host names the executor's host in ScriptStarted.
+	Host string
+	// KeyFiles are private keys (OpenSSH or PEM, without a passphrase);
+	// files that do not exist are skipped.
+	KeyFiles []string
+	// AgentSocket is an ssh-agent's socket (SSH_AUTH_SOCK); its keys are
+	// offered after the key files.
+	AgentSocket string
+	// KnownHosts are known_hosts files; files that do not exist are
+	// skipped. A server's pinned host_key is checked instead when it has
+	// one.
+	KnownHosts []string
+	// ConnectTimeout bounds the TCP connection and the handshake.
+	ConnectTimeout time.Duration
+	// Trust records the key of a server that trusts on first use, seen on
+	// the first connection (services.Service.TrustHostKey).
+	Trust func(ctx context.Context, server, key string) error
+}
+
+// SSH runs scripts over one persistent connection per server, opening a
+// new session for each script. The script goes to the standard input of
+// the backend's executable; no terminal is requested, so no login shell
+// or profile is involved.
+type SSH struct {
+	cfg     SSHConfig
+	auth    []ssh.AuthMethod
+	known   ssh.HostKeyCallback // nil when there are no known_hosts files
+	user    string
+	dials   atomic.Int64
+	mu      sync.Mutex
+	clients map[string]*sshClient
+}
+
+// sshClient is a connection and the settings it was made with.
+type sshClient struct {
+	mu     sync.Mutex // one dial at a time per server
+	client *ssh.Client
+	dialed string // the server settings the connection was made for
+}
+
+// NewSSH loads the keys and known hosts.
+func NewSSH(cfg SSHConfig) (*SSH, error) {
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	s := &SSH{cfg: cfg, clients: map[string]*sshClient{}}
+	var signers []ssh.Signer
+	for _, f := range cfg.KeyFiles {
+		pem, err := os.ReadFile(f)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("ssh key %s: %w", f, err)
+		}
+		signer, err := ssh.ParsePrivateKey(pem)
+		if err != nil {
+			return nil, fmt.Errorf("ssh key %s: %w", f, err)
+		}
+		signers = append(signers, signer)
+	}
+	if len(signers) > 0 {
+		s.auth = append(s.auth, ssh.PublicKeys(signers...))
+	}
+	if cfg.AgentSocket != "" {
+		s.auth = append(s.auth, ssh.PublicKeysCallback(func() ([]ssh.Signer, error) {
+			c, err := net.Dial("unix", cfg.AgentSocket)
+			if err != nil {
+				return nil, fmt.Errorf("ssh-agent %s: %w", cfg.AgentSocket, err)
+			}
+			defer c.Close()
+			return agent.NewClient(c).Signers()
+		}))
+	}
+	var files []string
+	for _, f := range cfg.KnownHosts {
+		if _, err := os.Stat(f); err == nil {
+			files = append(files, f)
+		}
+	}
+	if len(files) > 0 {
+		known, err := knownhosts.New(files...)
+		if err != nil {
+			return nil, fmt.Errorf("known hosts: %w", err)
+		}
+		s.known = known
+	}
+	if u, err := user.Current(); err == nil {
+		s.user = u.Username
+	}
+	return s, nil
+}
+
+// Name implements Method.
+func (s *SSH) Name() string { return "ssh from " + s.cfg.Host }
+
+// Dials counts the connections made so far.
+func (s *SSH) Dials() int64 { return s.dials.Load() }
+
+// Close closes every connection.
+func (s *SSH) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, c := range s.clients {
+		c.mu.Lock()
+		if c.client != nil {
+			c.client.Close()
+		}
+		c.mu.Unlock()
+		delete(s.clients, name)
+	}
+}
+
+// Run implements Method.
+func (s *SSH) Run(ctx context.Context, j Job) Outcome {
+	sess, out, ok := s.session(ctx, j.Server)
+	if !ok {
+		return out
+	}
+	defer sess.Close()
+	sess.Stdin = strings.NewReader(j.Script.Script)
+	sess.Stdout, sess.Stderr = j.Stdout, j.Stderr
+	if err := sess.Start(shellQuote(j.Script.Executable)); err != nil {
+		return Outcome{State: events.StateError, ExitCode: -1, Reason: "start " + j.Script.Executable + ": " + err.Error()}
+	}
+	done := make(chan error, 1)
+	go func() { done <- sess.Wait() }()
+	timer := time.NewTimer(j.Timeout)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		return s.waited(j.Server, err)
+	case <-timer.C:
+		out = ranPast(j.Timeout)
+	case <-ctx.Done():
+		out = Outcome{State: events.StateError, ExitCode: -1, Reason: "the executor stopped"}
+	}
+	// sshd delivers the signal to the session's process group.
+	_ = sess.Signal(ssh.SIGKILL)
+	sess.Close()
+	return out
+}
+
+// waited turns what Wait returned into an outcome.
+func (s *SSH) waited(server events.Server, err error) Outcome {
+	var exit *ssh.ExitError
+	var missing *ssh.ExitMissingError
+	switch {
+	case err == nil:
+		return exited(0)
+	case errors.As(err, &exit):
+		if exit.Signal() != "" {
+			return Outcome{State: events.StateFailure, ExitCode: -1, Reason: "killed by signal " + exit.Signal()}
+		}
+		return exited(exit.ExitStatus())
+	case errors.As(err, &missing):
+		s.drop(server.Name)
+		return Outcome{State: events.StateError, ExitCode: -1, Reason: "the connection ended before the script's exit status arrived"}
+	}
+	s.drop(server.Name)
+	return Outcome{State: events.StateError, ExitCode: -1, Reason: err.Error()}
+}
+
+// session opens a session on the server's connection, connecting first
+// when there is none, or when the connection turns out to be broken.
+func (s *SSH) session(ctx context.Context, srv events.Server) (*ssh.Session, Outcome, bool) {
+	for try := 0; ; try++ {
+		c, out, ok := s.client(ctx, srv)
+		if !ok {
+			return nil, out, false
+		}
+		sess, err := c.NewSession()
+		if err == nil {
+			return sess, Outcome{}, true
+		}
+		s.drop(srv.Name)
+		if try == 1 {
+			return nil, Outcome{State: events.StateError, ExitCode: -1, Reason: "open a session: " + err.Error()}, false
+		}
+	}
+}
+
+// drop closes a server's connection; the next script connects again.
+func (s *SSH) drop(server string) {
+	s.mu.Lock()
+	c := s.clients[server]
+	s.mu.Unlock()
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.client != nil {
+		c.client.Close()
+		c.client = nil
+	}
+}
+
+// settings is what a connection depends on: a change reconnects.
+func (s *SSH) settings(srv events.Server) string {
+	return fmt.Sprintf("%s|%d|%s|%s|%v", srv.Address, srv.Port, s.login(srv), srv.HostKey, srv.TrustOnFirstUse)
+}
+
+func (s *SSH) login(srv events.Server) string {
+	if srv.User != "" {
+		return srv.User
+	}
+	return s.user
+}
+
+// client returns the server's connection, connecting when needed.
+func (s *SSH) client(ctx context.Context, srv events.Server) (*ssh.Client, Outcome, bool) {
+	s.mu.Lock()
+	c := s.clients[srv.Name]
+	if c == nil {
+		c = &sshClient{}
+		s.clients[srv.Name] = c
+	}
+	s.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	settings := s.settings(srv)
+	if c.client != nil && c.dialed == settings {
+		return c.client, Outcome{}, true
+	}
+	if c.client != nil {
+		c.client.Close()
+		c.client = nil
+	}
+	client, out, ok := s.dial(ctx, srv)
+	if ok {
+		c.client, c.dialed = client, settings
+	}
+	return client, out, ok
+}
+
+// dial connects and authenticates, classifying what went wrong: a server
+// that cannot be reached is a TIMEOUT, a refused key or host key an ERROR.
+func (s *SSH) dial(ctx context.Context, srv events.Server) (*ssh.Client, Outcome, bool) {
+	addr := net.JoinHostPort(srv.Address, strconv.Itoa(srv.Port))
+	fail := func(state, reason string) (*ssh.Client, Outcome, bool) {
+		return nil, Outcome{State: state, ExitCode: -1, Reason: reason}, false
+	}
+	if len(s.auth) == 0 {
+		return fail(events.StateError, "authentication: the executor has no ssh key (--ssh-key) and no ssh-agent")
+	}
+	var hostKeyErr error
+	var trusted string
+	cfg := &ssh.ClientConfig{
+		User: s.login(srv),
+		Auth: s.auth,
+		HostKeyCallback: func(hostname string, remote net.Addr, key ssh.PublicKey) error {
+			hostKeyErr = s.checkHostKey(srv, hostname, remote, key, &trusted)
+			return hostKeyErr
+		},
+		Timeout: s.cfg.ConnectTimeout,
+	}
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(dctx, "tcp", addr)
+	if err != nil {
+		return fail(events.StateTimeout, "connect: "+err.Error())
+	}
+	s.dials.Add(1)
+	_ = conn.SetDeadline(time.Now().Add(s.cfg.ConnectTimeout))
+	cc, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
+	if err != nil {
+		conn.Close()
+		switch {
+		case hostKeyErr != nil:
+			return fail(events.StateError, "host key: "+hostKeyErr.Error())
+		case strings.Contains(err.Error(), "unable to authenticate"):
+			return fail(events.StateError, fmt.Sprintf("authentication as %s: %v", cfg.User, err))
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return fail(events.StateTimeout, "connect: the ssh handshake took longer than "+s.cfg.ConnectTimeout.String())
+		}
+		return fail(events.StateTimeout, "connect: "+err.Error())
+	}
+	_ = conn.SetDeadline(time.Time{})
+	if trusted != "" && s.cfg.Trust != nil {
+		if err := s.cfg.Trust(ctx, srv.Name, trusted); err != nil {
+			cc.Close()
+			return fail(events.StateError, "host key: trusted on first use, but recording it failed: "+err.Error())
+		}
+	}
+	return ssh.NewClient(cc, chans, reqs), Outcome{}, true
+}
+
+// checkHostKey accepts the server's pinned key, or else a key the known
+// hosts list; an unknown key only when the server trusts on first use
+// (trusted is set to it), a changed key never.
+func (s *SSH) checkHostKey(srv events.Server, hostname string, remote net.Addr, key ssh.PublicKey, trusted *string) error {
+	shown := key.Type() + " " + ssh.FingerprintSHA256(key)
+	if srv.HostKey != "" {
+		pinned, _, _, _, err := ssh.ParseAuthorizedKey([]byte(srv.HostKey))
+		if err != nil {
+			return fmt.Errorf("the pinned host_key does not parse: %v", err)
+		}
+		if string(pinned.Marshal()) != string(key.Marshal()) {
+			return fmt.Errorf("the server presented %s, but %s is pinned", shown, pinned.Type()+" "+ssh.FingerprintSHA256(pinned))
+		}
+		return nil
+	}
+	if s.known != nil {
+		err := s.known(hostname, remote, key)
+		if err == nil {
+			return nil
+		}
+		var ke *knownhosts.KeyError
+		if !errors.As(err, &ke) {
+			return err
+		}
+		if len(ke.Want) > 0 {
+			return fmt.Errorf("the server presented %s, which differs from the key known_hosts lists for %s (line %d of %s): refused",
+				shown, hostname, ke.Want[0].Line, ke.Want[0].Filename)
+		}
+	}
+	if srv.TrustOnFirstUse {
+		*trusted = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))
+		return nil
+	}
+	return fmt.Errorf("unknown host key %s for %s: pin it as the server's host_key, add it to known_hosts, or set trust_on_first_use", shown, hostname)
+}
+
+// shellQuote quotes a word for the remote user's shell, which runs the
+// command of an SSH session.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
