@@ -132,7 +132,7 @@ func TestUpFollowsChangesOfOtherProcesses(t *testing.T) {
 	dir := t.TempDir()
 	p := startUp(t, "--data", dir, "--nats-listen", "127.0.0.1:0")
 	p.waitReady(t)
-	s, _ := connect(t, p.nats)
+	s, _ := connect(t, p)
 	const tok = "orc_issued-by-another-process"
 	sum := sha256.Sum256([]byte(tok))
 	u, _ := services.NewUnit(events.Meta{Actor: "elsewhere"}, time.Now())

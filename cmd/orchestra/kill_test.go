@@ -124,7 +124,7 @@ func TestKilledPlannerPlansEveryUnitOnce(t *testing.T) {
 	wg.Wait()
 
 	p = start()
-	store, js := connect(t, p.nats)
+	store, js := connect(t, p)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	reg, err := events.NewRegistry(events.Catalog()...)

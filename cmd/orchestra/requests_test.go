@@ -82,7 +82,7 @@ func TestRequestsEndToEnd(t *testing.T) {
 	}
 	p := startUp(t, "--data", filepath.Join(dir, ".orchestra"), "--nats-listen", "127.0.0.1:0")
 	p.waitReady(t)
-	_, js := connect(t, p.nats)
+	_, js := connect(t, p)
 	if out, errOut, code := p.cli(t, dir, "apply", "-f", example); code != 0 {
 		t.Fatalf("apply exited %d: %s%s", code, out, errOut)
 	}

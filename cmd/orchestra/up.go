@@ -25,6 +25,7 @@ import (
 
 	"github.com/orchestra-fleet/orchestra/executor"
 	"github.com/orchestra-fleet/orchestra/gateway"
+	"github.com/orchestra-fleet/orchestra/infra/natsauth"
 	"github.com/orchestra-fleet/orchestra/infra/natsserver"
 	"github.com/orchestra-fleet/orchestra/infra/streams"
 )
@@ -161,8 +162,12 @@ func up(ctx context.Context, c upConfig, log *slog.Logger) error {
 	)
 	connOpts := []nats.Option{nats.Name("orchestra up"), nats.MaxReconnects(-1)}
 	if c.NATSURL == "" {
+		var auth *natsauth.Authority
+		if auth, err = natsauth.LoadOrCreate(dataDir); err != nil {
+			return err
+		}
 		srv, err = natsserver.Start(natsserver.Config{
-			DataDir: dataDir, Listen: c.NATSListen, SyncAlways: c.Fsync == "always", Logger: log,
+			DataDir: dataDir, Listen: c.NATSListen, SyncAlways: c.Fsync == "always", Logger: log, Auth: auth,
 		})
 		if err != nil {
 			return err
@@ -172,7 +177,8 @@ func up(ctx context.Context, c upConfig, log *slog.Logger) error {
 			srv.Shutdown()
 		}()
 		natsURL = srv.ClientURL()
-		nc, err = srv.Connect(connOpts...)
+		log.Info("nats credentials", "user", natsauth.User, "password_file", filepath.Join(dataDir, natsauth.PasswordFile))
+		nc, err = srv.Connect(append(connOpts, auth.Internal())...)
 	} else {
 		nc, err = nats.Connect(c.NATSURL, append(connOpts, nats.RetryOnFailedConnect(true))...)
 	}

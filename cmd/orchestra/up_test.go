@@ -22,6 +22,7 @@ import (
 
 	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/infra/eventstore"
+	"github.com/orchestra-fleet/orchestra/infra/natsauth"
 	"github.com/orchestra-fleet/orchestra/infra/natsserver"
 	"github.com/orchestra-fleet/orchestra/infra/natstest"
 	"github.com/orchestra-fleet/orchestra/services"
@@ -50,6 +51,7 @@ type process struct {
 	cmd      *exec.Cmd
 	http     string // base URL
 	nats     string
+	data     string // data directory
 	exited   chan error
 	logsDone chan struct{}
 	mu       sync.Mutex
@@ -110,6 +112,7 @@ func startUp(t *testing.T, args ...string) *process {
 	case rec := <-started:
 		p.http, _ = rec["http"].(string)
 		p.nats, _ = rec["nats"].(string)
+		p.data, _ = rec["data"].(string)
 	case err := <-p.exited:
 		t.Fatalf("orchestra up exited before starting: %v", err)
 	case <-time.After(60 * time.Second):
@@ -199,9 +202,15 @@ func adminToken(t *testing.T, dataDir string) string {
 	return strings.TrimSpace(string(b))
 }
 
-func connect(t *testing.T, url string) (*eventstore.Store, jetstream.JetStream) {
+// connect connects to the NATS server of p as an operator (with the
+// password in its data directory when it embeds the server).
+func connect(t *testing.T, p *process) (*eventstore.Store, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	var opts []nats.Option
+	if pw, err := os.ReadFile(filepath.Join(p.data, natsauth.PasswordFile)); err == nil {
+		opts = append(opts, nats.UserInfo(natsauth.User, strings.TrimSpace(string(pw))))
+	}
+	nc, err := nats.Connect(p.nats, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +251,7 @@ func TestUpServesStopsAndKeepsEvents(t *testing.T) {
 
 	// Append through the NATS port `up` exposes, as an agent or a second
 	// process would.
-	s, _ := connect(t, p.nats)
+	s, _ := connect(t, p)
 	u, _ := services.NewUnit(events.Meta{Actor: "e2e"}, time.Now())
 	for _, n := range []string{"web1.example.com", "db1"} {
 		agg := events.Aggregate{Type: events.AggServer, ID: n}
@@ -257,7 +266,7 @@ func TestUpServesStopsAndKeepsEvents(t *testing.T) {
 	// Same data directory: the events are still there.
 	p = startUp(t, "--data", dir, "--nats-listen", "127.0.0.1:0")
 	p.waitReady(t)
-	s, _ = connect(t, p.nats)
+	s, _ = connect(t, p)
 	h, err := s.Load(context.Background(), events.Aggregate{Type: events.AggServer, ID: "web1.example.com"})
 	if err != nil || len(h.Events) != 1 || h.Events[0].Unit != u.ID {
 		t.Fatalf("after restart: %+v, %v", h, err)

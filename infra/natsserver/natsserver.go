@@ -28,6 +28,9 @@ type Config struct {
 	SyncAlways bool
 	// ServerName is the server's name in the NATS system; default "orchestra".
 	ServerName string
+	// Auth checks every connection when set (natsauth.Authority); without
+	// it the server trusts every client.
+	Auth server.Authentication
 	Logger     *slog.Logger
 }
 
@@ -72,6 +75,10 @@ func Start(cfg Config) (*Server, error) {
 		SyncAlways:             cfg.SyncAlways,
 		NoSigs:                 true,
 		DisableJetStreamBanner: true,
+	}
+	if cfg.Auth != nil {
+		opts.CustomClientAuthentication = cfg.Auth
+		opts.AlwaysEnableNonce = true
 	}
 	if cfg.Listen == "" {
 		opts.DontListen = true
