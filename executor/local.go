@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -28,15 +29,29 @@ func (Local) Run(ctx context.Context, j Job) Outcome {
 	cmd := exec.Command(j.Script.Executable)
 	cmd.Stdin = strings.NewReader(j.Script.Script)
 	cmd.Stdout, cmd.Stderr = j.Stdout, j.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: should the executor die, the script dies with it rather
+	// than run on beside its next attempt.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// A child that outlives the kill may hold the output pipes open; stop
 	// waiting for them soon after.
 	cmd.WaitDelay = time.Second
-	if err := cmd.Start(); err != nil {
+	started := make(chan error, 1)
+	done := make(chan error, 1)
+	go func() {
+		// Pdeathsig fires when the thread that started the process ends,
+		// so that thread is kept until the process has exited (and then
+		// ends with this goroutine, as it is never unlocked).
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		done <- cmd.Wait()
+	}()
+	if err := <-started; err != nil {
 		return Outcome{State: events.StateError, ExitCode: -1, Reason: fmt.Sprintf("start %s: %v", j.Script.Executable, err)}
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
 	timer := time.NewTimer(j.Timeout)
 	defer timer.Stop()
 	var out Outcome

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/orchestra-fleet/orchestra/events"
@@ -41,6 +42,8 @@ type core struct {
 	executor   *executor.Executor
 	fleet      *executor.Fleet
 	ssh        *executor.SSH
+	nc         *nats.Conn
+	log        *slog.Logger
 }
 
 // startCore opens the event store, catches the write model up with the log,
@@ -75,7 +78,7 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 	}
 	c := &core{svc: svc, store: store, runner: projections.NewRunner(projections.NewModel(reg), db, follower),
 		dispatcher: projections.NewDispatcher(reg, db, store, bus, projections.Renderer{Compiler: routeexpr.Compiler{}, Sealer: sealer}),
-		fleet:      fleet}
+		fleet:      fleet, nc: js.Conn(), log: log}
 	if c.executor, c.ssh, err = newExecutor(ctx, js, svc, ex, log); err != nil {
 		return nil, err
 	}
@@ -96,7 +99,8 @@ func (c *core) run(ctx context.Context) error {
 	defer cancel()
 	defer c.ssh.Close()
 	execute := func(ctx context.Context) error { return c.executor.Run(ctx, c.fleet) }
-	runs := []func(context.Context) error{c.runner.Run, c.dispatcher.Run, execute}
+	syncs := func(ctx context.Context) error { return serveAgentSyncs(ctx, c.nc, c.svc, c.fleet, c.log) }
+	runs := []func(context.Context) error{c.runner.Run, c.dispatcher.Run, execute, syncs}
 	errs := make(chan error, len(runs))
 	for _, run := range runs {
 		go func() {

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/orchestra-fleet/orchestra/events"
+)
+
+// stepModel is a fleet of one local server and one agent server, and a
+// backend whose save logs its start and end to log, sleeping between.
+func stepModel(log string) string {
+	return fmt.Sprintf(`kind: Server
+name: box
+address: 127.0.0.1
+method: local
+---
+kind: Server
+name: agent1
+address: 127.0.0.1
+method: agent
+---
+kind: Backend
+name: step
+type: job
+timeout: 60s
+actions:
+  save: |
+    echo {{ .server.name }} {{ .name }} start >> %[1]s
+    sleep {{ .attrs.sleep }}
+    echo {{ .server.name }} {{ .name }} end >> %[1]s
+---
+kind: Route
+backend: step
+server: box
+match: 'resource.attrs.where == "box"'
+---
+kind: Route
+backend: step
+server: agent1
+match: 'resource.attrs.where == "agent1"'
+`, log)
+}
+
+func job(name, where string, sleep float64) string {
+	return fmt.Sprintf("kind: Resource\ntype: job\nname: %s\nattrs: {where: %s, sleep: %g}\n", name, where, sleep)
+}
+
+// applyText applies an apply document through the CLI.
+func (p *process) applyText(t *testing.T, dir, doc string) {
+	t.Helper()
+	f, err := os.CreateTemp(dir, "apply-*.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(doc); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if out, errOut, code := p.cli(t, dir, "apply", "-f", f.Name()); code != 0 {
+		t.Fatalf("apply exited %d: %s%s", code, out, errOut)
+	}
+}
+
+// scriptResults reads every result RESULTS holds about a script.
+func scriptResults(t *testing.T, js jetstream.JetStream, server string, id uuid.UUID) (started []events.ScriptStarted, finished []events.ScriptFinished) {
+	t.Helper()
+	subject, _ := events.ScriptSubject(server, id, ">")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, events.StreamResults, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range info.NumPending {
+		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case strings.HasSuffix(msg.Subject(), ".ScriptStarted"):
+			var s events.ScriptStarted
+			_ = json.Unmarshal(msg.Data(), &s)
+			started = append(started, s)
+		case strings.HasSuffix(msg.Subject(), ".ScriptFinished"):
+			var f events.ScriptFinished
+			_ = json.Unmarshal(msg.Data(), &f)
+			finished = append(finished, f)
+		}
+	}
+	return started, finished
+}
+
+// waitFinished waits for the final result of the script of the n-th plan
+// of server.
+func waitFinished(t *testing.T, js jetstream.JetStream, server string, n int) (events.PlanScript, events.ScriptFinished) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if plans := execPlans(t, js)[server]; len(plans) > n {
+			s := plans[n].Scripts[0]
+			if _, fin := scriptResults(t, js, server, s.ID); len(fin) > 0 {
+				return s, fin[len(fin)-1]
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("plan %d of %s did not finish within 60s", n, server)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitFile waits until the file holds want.
+func waitFile(t *testing.T, path, want string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if b, _ := os.ReadFile(path); strings.Contains(string(b), want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(path)
+			t.Fatalf("%s does not say %q within 60s:\n%s", path, want, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The executor is killed with SIGKILL while a script sleeps. After the
+// restart the script runs again as attempt 2, with one final state, and
+// the server's next plan (queued behind it before the kill) runs after it.
+func TestKilledExecutorRunsTheScriptAgain(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, ".orchestra")
+	log := filepath.Join(dir, "box.log")
+	p := startUp(t, "--data", data, "--nats-listen", "127.0.0.1:0", "--ack-wait", "2s")
+	p.waitReady(t)
+	p.applyText(t, dir, stepModel(log)+"---\n"+job("a", "box", 4))
+	waitFile(t, log, "box a start")
+	p.applyText(t, dir, job("b", "box", 0))
+	_, js := connect(t, p)
+	eventually := time.Now().Add(30 * time.Second)
+	for len(execPlans(t, js)["box"]) < 2 && time.Now().Before(eventually) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-p.exited
+
+	// The killed attempt's script died with the executor: nothing more is
+	// written until the restart.
+	time.Sleep(500 * time.Millisecond)
+	before, _ := os.ReadFile(log)
+	if string(before) != "box a start\n" {
+		t.Fatalf("after the kill the server log is %q", before)
+	}
+	p2 := startUp(t, "--data", data, "--nats-listen", "127.0.0.1:0", "--ack-wait", "2s")
+	p2.waitReady(t)
+	_, js = connect(t, p2)
+	a, fin := waitFinished(t, js, "box", 0)
+	if fin.State != events.StateSuccess || fin.Attempt != 2 {
+		t.Fatalf("script a after the restart: %+v", fin)
+	}
+	started, finished := scriptResults(t, js, "box", a.ID)
+	if len(finished) != 1 || len(started) != 2 || started[0].Attempt != 1 || started[1].Attempt != 2 {
+		t.Fatalf("script a: %d starts (%+v), %d final states; want attempts 1 and 2 started and one final state", len(started), started, len(finished))
+	}
+	_, fin = waitFinished(t, js, "box", 1)
+	if fin.State != events.StateSuccess || fin.Attempt != 1 {
+		t.Fatalf("script b: %+v", fin)
+	}
+	got, _ := os.ReadFile(log)
+	if want := "box a start\nbox a start\nbox a end\nbox b start\nbox b end\n"; string(got) != want {
+		t.Fatalf("the server ran, in order:\n%s\nwant:\n%s", got, want)
+	}
+	p2.stop(t, "http", "core", "nats-server")
+}
+
+// An agent with credentials scoped to its server runs the server's plans,
+// and with --sync-on-start asks for (and runs) a full sync of it.
+func TestAgentRunsItsServersPlans(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, ".orchestra")
+	log := filepath.Join(dir, "agent.log")
+	p := startUp(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	p.waitReady(t)
+	p.applyText(t, dir, stepModel(log)+"---\n"+job("a", "agent1", 0))
+
+	creds := filepath.Join(dir, "agent1.creds")
+	if out, errOut, code := p.cli(t, dir, "agent", "credentials", "agent1", "--data", data, "--out", creds); code != 0 {
+		t.Fatalf("agent credentials exited %d: %s%s", code, out, errOut)
+	}
+	if info, err := os.Stat(creds); err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("credentials file: %v %v", info, err)
+	}
+	if _, errOut, code := p.cli(t, dir, "agent", "credentials", "agent1", "--data", filepath.Join(dir, "nowhere")); code != 1 || !strings.Contains(errOut, "orchestra up --data") {
+		t.Fatalf("credentials without a data directory exited %d: %s", code, errOut)
+	}
+
+	agent := exec.Command(binary, "agent", "--server", "agent1", "--nats", p.nats, "--creds", creds, "--sync-on-start")
+	var agentLog strings.Builder
+	agent.Stderr = &agentLog
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- agent.Wait() }()
+	t.Cleanup(func() {
+		if agent.ProcessState == nil {
+			_ = agent.Process.Kill()
+			<-exited
+		}
+	})
+
+	_, js := connect(t, p)
+	if _, fin := waitFinished(t, js, "agent1", 0); fin.State != events.StateSuccess {
+		t.Fatalf("the agent's first plan: %+v", fin)
+	}
+	sync, fin := waitFinished(t, js, "agent1", 1)
+	if fin.State != events.StateSuccess || len(sync.Operations) != 1 || sync.Operations[0].Name != "a" {
+		t.Fatalf("the sync plan %+v ended %+v", sync, fin)
+	}
+	started, _ := scriptResults(t, js, "agent1", sync.ID)
+	if len(started) != 1 || !strings.HasPrefix(started[0].Executor, "local on ") {
+		t.Fatalf("the sync started as %+v", started)
+	}
+	waitFile(t, log, "agent1 a start\nagent1 a end\nagent1 a start\nagent1 a end\n")
+
+	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("the agent exited with %v:\n%s", err, agentLog.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent did not stop on SIGTERM")
+	}
+	p.stop(t, "http", "core", "nats-server")
+}
