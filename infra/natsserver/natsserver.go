@@ -30,8 +30,8 @@ type Config struct {
 	ServerName string
 	// Auth checks every connection when set (natsauth.Authority); without
 	// it the server trusts every client.
-	Auth server.Authentication
-	Logger     *slog.Logger
+	Auth   server.Authentication
+	Logger *slog.Logger
 }
 
 func (c *Config) setDefaults() {
