@@ -1,9 +1,11 @@
 package executor
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/user"
@@ -147,8 +149,9 @@ func (s *SSH) Run(ctx context.Context, j Job) Outcome {
 	}
 	defer sess.Close()
 	sess.Stdin = strings.NewReader(j.Script.Script)
-	sess.Stdout, sess.Stderr = j.Stdout, j.Stderr
-	if err := sess.Start(shellQuote(j.Script.Executable)); err != nil {
+	pid := &pidLine{out: j.Stderr}
+	sess.Stdout, sess.Stderr = j.Stdout, pid
+	if err := sess.Start(remoteCommand(j.Script.Executable)); err != nil {
 		return Outcome{State: events.StateError, ExitCode: -1, Reason: "start " + j.Script.Executable + ": " + err.Error()}
 	}
 	done := make(chan error, 1)
@@ -157,15 +160,15 @@ func (s *SSH) Run(ctx context.Context, j Job) Outcome {
 	defer timer.Stop()
 	select {
 	case err := <-done:
+		pid.flush()
 		return s.waited(j.Server, err)
 	case <-timer.C:
 		out = ranPast(j.Timeout)
 	case <-ctx.Done():
 		out = Outcome{State: events.StateError, ExitCode: -1, Reason: "the executor stopped"}
 	}
-	// sshd delivers the signal to the session's process group.
-	_ = sess.Signal(ssh.SIGKILL)
 	sess.Close()
+	s.killGroup(j.Server, pid.get())
 	return out
 }
 
@@ -352,8 +355,93 @@ func (s *SSH) checkHostKey(srv events.Server, hostname string, remote net.Addr, 
 	return fmt.Errorf("unknown host key %s for %s: pin it as the server's host_key, add it to known_hosts, or set trust_on_first_use", shown, hostname)
 }
 
-// shellQuote quotes a word for the remote user's shell, which runs the
-// command of an SSH session.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+// pidPrefix starts the first line of a session's standard error: the
+// process id of the session, which sshd makes the leader of a process
+// group of its own.
+const pidPrefix = "orchestra-pid "
+
+// remoteCommand is the command of a script's session, for the remote
+// user's (POSIX) shell: it reports its process id and becomes the
+// executable, which reads the script on its standard input.
+func remoteCommand(executable string) string {
+	return `echo "` + pidPrefix + `$$" >&2; exec '` + strings.ReplaceAll(executable, "'", `'\''`) + "'"
+}
+
+// killGroup kills a timed-out script's whole process group through a
+// session of its own. (sshd refuses signal requests for root's sessions,
+// and delivers the others to the first process only.)
+func (s *SSH) killGroup(srv events.Server, pid int) {
+	if pid <= 1 {
+		return
+	}
+	c, _, ok := s.client(context.Background(), srv)
+	if !ok {
+		return
+	}
+	sess, err := c.NewSession()
+	if err != nil {
+		return
+	}
+	defer sess.Close()
+	done := make(chan error, 1)
+	go func() { done <- sess.Run(fmt.Sprintf("kill -KILL -- -%d", pid)) }()
+	select {
+	case <-done:
+	case <-time.After(s.cfg.ConnectTimeout):
+	}
+}
+
+// pidLine takes the first line of a session's standard error when it
+// reports the session's process id, and passes everything else on.
+type pidLine struct {
+	out  io.Writer
+	mu   sync.Mutex
+	head []byte // the first line, while incomplete
+	done bool
+	pid  int
+}
+
+func (p *pidLine) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	if p.done {
+		p.mu.Unlock()
+		return p.out.Write(b)
+	}
+	p.head = append(p.head, b...)
+	i := bytes.IndexByte(p.head, '\n')
+	if i < 0 && len(p.head) < 64 {
+		p.mu.Unlock()
+		return len(b), nil
+	}
+	rest := p.head
+	if v, ok := strings.CutPrefix(string(p.head[:max(i, 0)]), pidPrefix); ok && i >= 0 {
+		if pid, err := strconv.Atoi(v); err == nil {
+			p.pid, rest = pid, p.head[i+1:]
+		}
+	}
+	p.done, p.head = true, nil
+	p.mu.Unlock()
+	if len(rest) > 0 {
+		if _, err := p.out.Write(rest); err != nil {
+			return 0, err
+		}
+	}
+	return len(b), nil
+}
+
+// flush passes on a first line that never ended.
+func (p *pidLine) flush() {
+	p.mu.Lock()
+	head := p.head
+	p.done, p.head = true, nil
+	p.mu.Unlock()
+	if len(head) > 0 {
+		_, _ = p.out.Write(head)
+	}
+}
+
+func (p *pidLine) get() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pid
 }
