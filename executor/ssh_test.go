@@ -27,7 +27,7 @@ type sshRig struct {
 	trusted map[string]string // server → key recorded on first use
 }
 
-func newSSHRig(t *testing.T, sshd *sshdtest.Server, knownHosts bool) *sshRig {
+func newSSHRig(t testing.TB, sshd *sshdtest.Server, knownHosts bool) *sshRig {
 	t.Helper()
 	r := &sshRig{sshd: sshd, trusted: map[string]string{}}
 	cfg := executor.SSHConfig{Host: "test", KeyFiles: []string{sshd.ClientKeyFile}, ConnectTimeout: 2 * time.Second,

@@ -270,7 +270,12 @@ func (s *Server) writeFiles() error {
 		}
 		fmt.Fprintf(&cfg, "HostKey %q\n", s.hostKeyFile)
 		fmt.Fprintf(&cfg, "AuthorizedKeysFile %q\n", s.authorizedKeys)
-		cfg.WriteString(`AddressFamily inet
+		// SHLVL=1 keeps bash, as the login shell of a session, from
+		// sourcing the user's ~/.bashrc (it does when it sees it was run
+		// by sshd at shell level 1): what the tests and benchmarks measure
+		// is not whatever the machine's rc files do.
+		cfg.WriteString(`SetEnv SHLVL=1
+AddressFamily inet
 PidFile none
 PubkeyAuthentication yes
 PasswordAuthentication no
