@@ -225,4 +225,3 @@ func peerCommands(b *testing.B, sshd *sshdtest.Server) map[string]func() time.Du
 	}
 	return peers
 }
-
