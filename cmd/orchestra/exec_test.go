@@ -255,3 +255,100 @@ func TestAgentRunsItsServersPlans(t *testing.T) {
 	}
 	p.stop(t, "http", "core", "nats-server")
 }
+
+// FIFO end to end: 1,000 units of work for 20 servers from 10 concurrent
+// writers through the API, the planner and the executor. On every server
+// the scripts ran in commit order (what they appended to a file on the
+// server side, against the EVENTS sequence of each unit), and every plan
+// ran once.
+func TestFIFOEndToEnd(t *testing.T) {
+	const servers, units, writers = 20, 1000, 10
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	if err := os.Mkdir(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := startUp(t, "--data", filepath.Join(dir, ".orchestra"), "--nats-listen", "127.0.0.1:0")
+	p.waitReady(t)
+	token := adminToken(t, filepath.Join(dir, ".orchestra"))
+	fixtures := []map[string]any{{"kind": "Backend", "name": "mark", "type": "unit",
+		"actions": map[string]string{"save": "echo {{ .name }} >> " + out + "/{{ .server.name }}"}}}
+	for i := range servers {
+		name := fmt.Sprintf("s%02d", i)
+		fixtures = append(fixtures,
+			map[string]any{"kind": "Server", "name": name, "method": "local", "address": "127.0.0.1"},
+			map[string]any{"kind": "Route", "backend": "mark", "server": name, "match": fmt.Sprintf("resource.attrs.server == %q", name)})
+	}
+	if ok, err := p.post(token, fixtures...); err != nil || !ok {
+		t.Fatalf("fixtures: %v %v", ok, err)
+	}
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			for i := range units / writers {
+				name := fmt.Sprintf("u%d-%d", w, i)
+				server := fmt.Sprintf("s%02d", (w*7+i*3)%servers)
+				ok, err := p.post(token, map[string]any{"kind": "Resource", "type": "unit", "name": name, "attrs": map[string]any{"server": server}})
+				if err == nil && !ok {
+					err = fmt.Errorf("apply of %s refused", name)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ran := func() map[string][]string {
+		m := map[string][]string{}
+		for i := range servers {
+			name := fmt.Sprintf("s%02d", i)
+			b, _ := os.ReadFile(filepath.Join(out, name))
+			m[name] = strings.Fields(string(b))
+		}
+		return m
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		total := 0
+		for _, names := range ran() {
+			total += len(names)
+		}
+		if total >= units {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d scripts ran within 2 minutes", total, units)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // a plan run twice would show now
+	_, js := connect(t, p)
+	plans := execPlans(t, js)
+	total := 0
+	for server, names := range ran() {
+		var committed []string
+		var last uint64
+		for _, pl := range plans[server] {
+			if pl.Sequence <= last {
+				t.Fatalf("%s: plans queued out of commit order (%d after %d)", server, pl.Sequence, last)
+			}
+			last = pl.Sequence
+			committed = append(committed, pl.Scripts[0].Operations[0].Name)
+		}
+		if strings.Join(names, ",") != strings.Join(committed, ",") {
+			t.Fatalf("%s ran %d scripts in an order other than the %d committed:\nran       %v\ncommitted %v", server, len(names), len(committed), names, committed)
+		}
+		total += len(names)
+	}
+	if total != units {
+		t.Fatalf("%d scripts ran, want %d", total, units)
+	}
+	p.stop(t, "http", "core", "nats-server")
+}
