@@ -53,7 +53,7 @@ type SSHConfig struct {
 // or profile is involved.
 type SSH struct {
 	cfg     SSHConfig
-	auth    []ssh.AuthMethod
+	signers []ssh.Signer
 	known   ssh.HostKeyCallback // nil when there are no known_hosts files
 	user    string
 	dials   atomic.Int64
@@ -89,19 +89,7 @@ func NewSSH(cfg SSHConfig) (*SSH, error) {
 		}
 		signers = append(signers, signer)
 	}
-	if len(signers) > 0 {
-		s.auth = append(s.auth, ssh.PublicKeys(signers...))
-	}
-	if cfg.AgentSocket != "" {
-		s.auth = append(s.auth, ssh.PublicKeysCallback(func() ([]ssh.Signer, error) {
-			c, err := net.Dial("unix", cfg.AgentSocket)
-			if err != nil {
-				return nil, fmt.Errorf("ssh-agent %s: %w", cfg.AgentSocket, err)
-			}
-			defer c.Close()
-			return agent.NewClient(c).Signers()
-		}))
-	}
+	s.signers = signers
 	var files []string
 	for _, f := range cfg.KnownHosts {
 		if _, err := os.Stat(f); err == nil {
@@ -272,14 +260,25 @@ func (s *SSH) dial(ctx context.Context, srv events.Server) (*ssh.Client, Outcome
 	fail := func(state, reason string) (*ssh.Client, Outcome, bool) {
 		return nil, Outcome{State: state, ExitCode: -1, Reason: reason}, false
 	}
-	if len(s.auth) == 0 {
-		return fail(events.StateError, "authentication: the executor has no ssh key (--ssh-key) and no ssh-agent")
+	var auth []ssh.AuthMethod
+	if len(s.signers) > 0 {
+		auth = append(auth, ssh.PublicKeys(s.signers...))
+	}
+	if s.cfg.AgentSocket != "" {
+		// The agent signs during the handshake, over this connection.
+		if ac, err := net.Dial("unix", s.cfg.AgentSocket); err == nil {
+			defer ac.Close()
+			auth = append(auth, ssh.PublicKeysCallback(agent.NewClient(ac).Signers))
+		}
+	}
+	if len(auth) == 0 {
+		return fail(events.StateError, "authentication: the executor has no ssh key (--ssh-key) and no ssh-agent it can reach")
 	}
 	var hostKeyErr error
 	var trusted string
 	cfg := &ssh.ClientConfig{
 		User: s.login(srv),
-		Auth: s.auth,
+		Auth: auth,
 		HostKeyCallback: func(hostname string, remote net.Addr, key ssh.PublicKey) error {
 			hostKeyErr = s.checkHostKey(srv, hostname, remote, key, &trusted)
 			return hostKeyErr
