@@ -390,6 +390,9 @@ func (s *SSH) killGroup(srv events.Server, pid int) {
 	}
 }
 
+// pidLineMax bounds the report's line; a longer first line is output.
+const pidLineMax = 64
+
 // pidLine takes the first line of a session's standard error when it
 // reports the session's process id, and passes everything else on.
 type pidLine struct {
@@ -408,12 +411,12 @@ func (p *pidLine) Write(b []byte) (int, error) {
 	}
 	p.head = append(p.head, b...)
 	i := bytes.IndexByte(p.head, '\n')
-	if i < 0 && len(p.head) < 64 {
+	if i < 0 && len(p.head) < pidLineMax {
 		p.mu.Unlock()
 		return len(b), nil
 	}
 	rest := p.head
-	if v, ok := strings.CutPrefix(string(p.head[:max(i, 0)]), pidPrefix); ok && i >= 0 {
+	if v, ok := strings.CutPrefix(string(p.head[:max(i, 0)]), pidPrefix); ok && i >= 0 && i < pidLineMax {
 		if pid, err := strconv.Atoi(v); err == nil {
 			p.pid, rest = pid, p.head[i+1:]
 		}

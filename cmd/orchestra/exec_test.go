@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/infra/natsauth"
 )
 
 // stepModel is a fleet of one local server and one agent server, and a
@@ -241,6 +242,14 @@ func TestAgentRunsItsServersPlans(t *testing.T) {
 		t.Fatalf("the sync started as %+v", started)
 	}
 	waitFile(t, log, "agent1 a start\nagent1 a end\nagent1 a start\nagent1 a end\n")
+
+	// A notification makes it ask for another sync.
+	if err := js.Conn().Publish(natsauth.AgentSubject("agent1", "notify"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if again, fin := waitFinished(t, js, "agent1", 2); fin.State != events.StateSuccess || again.Operations[0].Name != "a" {
+		t.Fatalf("the sync after a notification %+v ended %+v", again, fin)
+	}
 
 	if err := agent.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
