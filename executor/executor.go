@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/orchestra-fleet/orchestra/events"
@@ -39,6 +41,15 @@ type Config struct {
 	MaxAttempts int
 	// Parallel bounds how many servers run a plan at once.
 	Parallel int
+	// Provide lists methods whose servers' queues this executor creates
+	// (with its AckWait) but does not serve: orchestra up makes the
+	// agents' consumers, so an agent's credentials need not allow making
+	// or changing one.
+	Provide []string
+	// Bind makes Serve use the server's existing consumer (made by
+	// whoever Provides it), waiting for it, instead of making it; the
+	// heartbeat follows that consumer's AckWait.
+	Bind bool
 	// KeepOutput keeps outputs beyond Limits.Events whole in events.OutputBucket.
 	KeepOutput bool
 	Limits     Limits
@@ -113,6 +124,7 @@ func (e *Executor) Run(ctx context.Context, fleet *Fleet) error {
 		done   chan struct{}
 	}
 	workers := map[string]worker{}
+	provided := map[string]events.Server{}
 	defer func() {
 		for _, w := range workers {
 			w.cancel()
@@ -121,13 +133,17 @@ func (e *Executor) Run(ctx context.Context, fleet *Fleet) error {
 	}()
 	for {
 		servers, changed := fleet.Servers()
+		var gone []worker
 		for name, w := range workers {
 			if s, ok := servers[name]; !ok || !e.serves(s) {
 				w.cancel()
-				<-w.done
+				gone = append(gone, w)
 				delete(workers, name)
 				e.cfg.Logger.Info("executor: server no longer served here", "server", name)
 			}
+		}
+		for _, w := range gone {
+			<-w.done
 		}
 		for name, s := range servers {
 			if _, ok := workers[name]; ok || !e.serves(s) {
@@ -141,12 +157,43 @@ func (e *Executor) Run(ctx context.Context, fleet *Fleet) error {
 				e.Serve(wctx, name, func() (events.Server, bool) { return fleet.Server(name) })
 			}()
 		}
+		retry := e.provide(ctx, servers, provided)
 		select {
 		case <-changed:
+		case <-retry:
 		case <-ctx.Done():
 			return nil
 		}
 	}
+}
+
+// provide makes the consumers of the servers whose methods are in Provide
+// and that changed since; it returns a channel that fires when one failed
+// and should be tried again.
+func (e *Executor) provide(ctx context.Context, servers, provided map[string]events.Server) <-chan time.Time {
+	failed := false
+	for name, s := range servers {
+		if !slices.Contains(e.cfg.Provide, s.Method) {
+			continue
+		}
+		if p, ok := provided[name]; ok && p.Method == s.Method {
+			continue
+		}
+		cfg, err := ConsumerConfig(name, e.cfg.AckWait)
+		if err == nil {
+			_, err = e.cfg.JetStream.CreateOrUpdateConsumer(ctx, events.StreamExec, cfg)
+		}
+		if err != nil {
+			e.cfg.Logger.Warn("executor: making the queue of a server failed; retrying", "server", name, "err", err)
+			failed = true
+			continue
+		}
+		provided[name] = s
+	}
+	if failed {
+		return time.After(5 * time.Second)
+	}
+	return nil
 }
 
 func (e *Executor) serves(s events.Server) bool {
@@ -212,10 +259,16 @@ func (e *Executor) serve(ctx context.Context, name string, lookup func() (events
 	if err != nil {
 		return err
 	}
-	cons, err := e.cfg.JetStream.CreateOrUpdateConsumer(ctx, events.StreamExec, cfg)
+	var cons jetstream.Consumer
+	if e.cfg.Bind {
+		cons, err = e.cfg.JetStream.Consumer(ctx, events.StreamExec, cfg.Durable)
+	} else {
+		cons, err = e.cfg.JetStream.CreateOrUpdateConsumer(ctx, events.StreamExec, cfg)
+	}
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", cfg.Durable, err)
 	}
+	ackWait := cons.CachedInfo().Config.AckWait
 	it, err := cons.Messages(jetstream.PullMaxMessages(1))
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", cfg.Durable, err)
@@ -229,14 +282,14 @@ func (e *Executor) serve(ctx context.Context, name string, lookup func() (events
 		if err != nil {
 			return err
 		}
-		e.handle(ctx, msg, lookup, log)
+		e.handle(ctx, msg, ackWait, lookup, log)
 	}
 }
 
 // handle carries out one plan and acknowledges it once every script's
 // result is stored. When the executor stops or loses the plan meanwhile,
 // it is not acknowledged: it comes back, with the next attempt number.
-func (e *Executor) handle(ctx context.Context, msg jetstream.Msg, lookup func() (events.Server, bool), log *slog.Logger) {
+func (e *Executor) handle(ctx context.Context, msg jetstream.Msg, ackWait time.Duration, lookup func() (events.Server, bool), log *slog.Logger) {
 	meta, err := msg.Metadata()
 	if err != nil {
 		log.Error("executor: a message without metadata", "err", err)
@@ -252,7 +305,7 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg, lookup func() 
 	attempt := int(meta.NumDelivered)
 	pctx, lost := context.WithCancelCause(ctx)
 	defer lost(nil)
-	stopBeat := e.heartbeat(pctx, msg, lost)
+	stopBeat := heartbeat(pctx, e.cfg.JetStream.Conn(), msg, ackWait, lost)
 	defer stopBeat()
 
 	select {
@@ -260,13 +313,17 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg, lookup func() 
 		defer func() { <-e.sem }()
 	case <-pctx.Done():
 	}
+	released := false
 	for _, s := range plan.Scripts {
 		if pctx.Err() != nil {
 			break
 		}
+		// A server removed, deactivated or moved to another method
+		// meanwhile: the rest of the plan waits for whoever serves it.
 		srv, ok := lookup()
-		if !ok {
-			srv = events.Server{Name: plan.Server}
+		if !ok || !e.serves(srv) {
+			released = true
+			break
 		}
 		if err := e.run(pctx, srv, plan, s, attempt); err != nil && pctx.Err() == nil {
 			log.Error("executor: script result not stored", "script", s.ID, "err", err)
@@ -274,8 +331,9 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg, lookup func() 
 		}
 	}
 	switch {
-	case ctx.Err() != nil:
-		// Stopping: hand the plan back at once rather than after AckWait.
+	case ctx.Err() != nil || released:
+		// Stopping, or the server is no longer served here: hand the plan
+		// back at once rather than after AckWait.
 		_ = msg.Nak()
 		return
 	case pctx.Err() != nil:
@@ -287,14 +345,15 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg, lookup func() 
 	}
 }
 
-// heartbeat tells the server every AckWait/3 that the plan is still being
-// worked on. When that fails the plan may go to another executor, so the
-// run is cancelled through lost.
-func (e *Executor) heartbeat(ctx context.Context, msg jetstream.Msg, lost context.CancelCauseFunc) (stop func()) {
+// heartbeat tells the server every ackWait/3 that the plan is still being
+// worked on, and waits for the server's answer to a ping after it (a
+// publish during a reconnect is only buffered). When that fails the plan
+// may go to another executor, so the run is cancelled through lost.
+func heartbeat(ctx context.Context, nc *nats.Conn, msg jetstream.Msg, ackWait time.Duration, lost context.CancelCauseFunc) (stop func()) {
 	done := make(chan struct{})
 	var once sync.Once
 	go func() {
-		t := time.NewTicker(e.cfg.AckWait / 3)
+		t := time.NewTicker(ackWait / 3)
 		defer t.Stop()
 		for {
 			select {
@@ -303,7 +362,11 @@ func (e *Executor) heartbeat(ctx context.Context, msg jetstream.Msg, lost contex
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := msg.InProgress(); err != nil {
+				err := msg.InProgress()
+				if err == nil {
+					err = nc.FlushTimeout(ackWait / 3)
+				}
+				if err != nil {
 					lost(fmt.Errorf("heartbeat: %w", err))
 					return
 				}
@@ -313,27 +376,24 @@ func (e *Executor) heartbeat(ctx context.Context, msg jetstream.Msg, lost contex
 	return func() { once.Do(func() { close(done) }) }
 }
 
-// run carries out one script of a plan and stores its result. A script
-// that already finished in an earlier attempt is not run again.
+// run carries out one script of a plan on srv, a server this executor
+// serves, and stores its result. A script that already finished (in an
+// earlier attempt, or before its queue's consumer was made again) is not
+// run again.
 func (e *Executor) run(ctx context.Context, srv events.Server, plan events.Plan, s events.PlanScript, attempt int) error {
-	if attempt > 1 {
-		done, err := e.res.finished(ctx, plan.Server, s.ID)
-		if err != nil {
-			return err
-		}
-		if done {
-			return nil
-		}
+	done, err := e.res.finished(ctx, plan.Server, s.ID)
+	if err != nil {
+		return err
+	}
+	if done {
+		return nil
 	}
 	fin := events.ScriptFinished{ID: s.ID, Unit: plan.Unit, Server: plan.Server, Backend: s.Backend, Attempt: attempt, ExitCode: -1}
-	method, ok := e.cfg.Methods[srv.Method]
+	method := e.cfg.Methods[srv.Method]
 	switch {
 	case attempt > e.cfg.MaxAttempts:
 		fin.State = events.StateAborted
-		fin.Reason = fmt.Sprintf("lost mid-run %d times (the executor crashed or lost its connection); given up", attempt-1)
-	case !ok:
-		fin.State = events.StateError
-		fin.Reason = fmt.Sprintf("server %s is no longer served by this executor (method %q)", plan.Server, srv.Method)
+		fin.Reason = fmt.Sprintf("delivered %d times without finishing (the executor crashed, lost its connection, stopped or let the server go); given up", attempt-1)
 	default:
 		timeout := DefaultTimeout
 		if d, err := time.ParseDuration(s.Timeout); err == nil && d > 0 {
@@ -348,12 +408,12 @@ func (e *Executor) run(ctx context.Context, srv events.Server, plan events.Plan,
 		c := newCapture(e.res, plan.Server, s.ID, attempt, e.cfg.Limits)
 		out := method.Run(ctx, Job{Server: srv, Script: s, Timeout: timeout, Stdout: c.stdout(), Stderr: c.stderr()})
 		fin.Duration = time.Since(fin.Started)
-		object, note := c.finish(ctx)
+		got := c.finish(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		fin.State, fin.ExitCode, fin.Reason, fin.Object = out.State, out.ExitCode, join(out.Reason, note), object
-		fin.Stdout, fin.Stderr = c.streams[0].total, c.streams[1].total
+		fin.State, fin.ExitCode, fin.Reason, fin.Object = out.State, out.ExitCode, join(out.Reason, got.note), got.object
+		fin.Stdout, fin.Stderr = got.stdout, got.stderr
 	}
 	fin.Time = time.Now()
 	return e.res.store(ctx, plan.Server, s.ID, fmt.Sprintf("%s.%d.%s", s.ID, attempt, fin.ResultType()), fin)

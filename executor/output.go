@@ -61,6 +61,7 @@ type capture struct {
 	streams [2]*stream
 	futures []jetstream.PubAckFuture
 	err     error // the first failed publish
+	closed  bool  // finished: later writes (a session's copier still draining) are dropped
 	stop    chan struct{}
 	done    chan struct{}
 }
@@ -114,6 +115,9 @@ func (s *stream) Write(p []byte) (int, error) {
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closed {
+		return len(p), nil
+	}
 	s.total += int64(len(p))
 	s.keepWhole(p)
 	if s.truncated {
@@ -138,9 +142,13 @@ func (s *stream) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// keepWhole adds p to the whole copy of the stream.
+// keepWhole adds p to the whole copy of the stream, where whole outputs
+// are kept.
 func (s *stream) keepWhole(p []byte) {
 	c := s.c
+	if c.res.objects == nil {
+		return
+	}
 	kept := int64(len(s.whole))
 	if s.spool != nil {
 		kept = s.total - int64(len(p)) - s.dropped
@@ -209,15 +217,22 @@ func (c *capture) fail(err error) {
 	}
 }
 
-// finish publishes what is pending, waits until every chunk is stored and,
-// when a stream was truncated, keeps both streams whole in the output
-// bucket. It returns the object's name ("" when not kept) and a note for
-// the script's reason when part of the output was lost.
-func (c *capture) finish(ctx context.Context) (object string, note string) {
+// captured is what a capture reports when it is finished.
+type captured struct {
+	stdout, stderr int64  // bytes written
+	object         string // where the whole output is kept; "" when it is not
+	note           string // for the script's reason when part of the output was lost
+}
+
+// finish publishes what is pending, waits (bounded) until every chunk is
+// stored and, when a stream was truncated, keeps both streams whole in the
+// output bucket. Writes after it are dropped.
+func (c *capture) finish(ctx context.Context) captured {
 	close(c.stop)
 	<-c.done
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.closed = true
 	for _, s := range c.streams {
 		s.flush()
 		defer func() {
@@ -226,22 +241,26 @@ func (c *capture) finish(ctx context.Context) (object string, note string) {
 			}
 		}()
 	}
+	timeout := time.After(publishTimeout)
 	for _, f := range c.futures {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
 			c.fail(fmt.Errorf("publish output: %w", err))
+		case <-timeout:
+			c.fail(fmt.Errorf("publish output: no acknowledgement within %s", publishTimeout))
 		case <-ctx.Done():
 			c.fail(ctx.Err())
 		}
 	}
+	out := captured{stdout: c.streams[0].total, stderr: c.streams[1].total}
 	if c.streams[0].truncated || c.streams[1].truncated {
-		object, note = c.keep(ctx)
+		out.object, out.note = c.keep(ctx)
 	}
 	if c.err != nil {
-		note = join(note, "output lost: "+c.err.Error())
+		out.note = join(out.note, "output lost: "+c.err.Error())
 	}
-	return object, note
+	return out
 }
 
 // keep stores both streams whole; the caller holds the lock.

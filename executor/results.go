@@ -16,6 +16,9 @@ import (
 	"github.com/orchestra-fleet/orchestra/events"
 )
 
+// publishTimeout bounds the wait for one acknowledgement of RESULTS.
+const publishTimeout = 30 * time.Second
+
 // results publishes what happens to scripts on RESULTS.
 type results struct {
 	js jetstream.JetStream
@@ -50,6 +53,8 @@ func (r *results) store(ctx context.Context, server string, id uuid.UUID, msgID 
 			case <-f.Ok():
 				return nil
 			case err = <-f.Err():
+			case <-time.After(publishTimeout):
+				err = fmt.Errorf("no acknowledgement within %s", publishTimeout)
 			case <-ctx.Done():
 				return ctx.Err()
 			}

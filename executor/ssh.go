@@ -3,12 +3,15 @@ package executor
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +57,7 @@ type SSHConfig struct {
 type SSH struct {
 	cfg     SSHConfig
 	signers []ssh.Signer
+	probe   ssh.PublicKey // a key no host has, to ask known_hosts which key types it lists
 	known   ssh.HostKeyCallback // nil when there are no known_hosts files
 	user    string
 	dials   atomic.Int64
@@ -90,6 +94,13 @@ func NewSSH(cfg SSHConfig) (*SSH, error) {
 		signers = append(signers, signer)
 	}
 	s.signers = signers
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	if s.probe, err = ssh.NewPublicKey(pub); err != nil {
+		return nil, err
+	}
 	var files []string
 	for _, f := range cfg.KnownHosts {
 		if _, err := os.Stat(f); err == nil {
@@ -293,6 +304,7 @@ func (s *SSH) dial(ctx context.Context, srv events.Server) (*ssh.Client, Outcome
 	}
 	s.dials.Add(1)
 	_ = conn.SetDeadline(time.Now().Add(s.cfg.ConnectTimeout))
+	cfg.HostKeyAlgorithms = s.hostKeyAlgorithms(srv, addr, conn.RemoteAddr())
 	cc, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
 	if err != nil {
 		conn.Close()
@@ -316,6 +328,38 @@ func (s *SSH) dial(ctx context.Context, srv events.Server) (*ssh.Client, Outcome
 		}
 	}
 	return ssh.NewClient(cc, chans, reqs), Outcome{}, true
+}
+
+// hostKeyAlgorithms asks the server for a key of the type that is pinned,
+// or of the types known_hosts lists for it, rather than x/crypto's first
+// preference (which a server with several host keys may hold in another
+// type than the one on record). nil, the default, when nothing is on
+// record.
+func (s *SSH) hostKeyAlgorithms(srv events.Server, addr string, remote net.Addr) []string {
+	var types []string
+	if srv.HostKey != "" {
+		if pinned, _, _, _, err := ssh.ParseAuthorizedKey([]byte(srv.HostKey)); err == nil {
+			types = append(types, pinned.Type())
+		}
+	} else if s.known != nil {
+		var ke *knownhosts.KeyError
+		if err := s.known(addr, remote, s.probe); errors.As(err, &ke) {
+			for _, k := range ke.Want {
+				types = append(types, k.Key.Type())
+			}
+		}
+	}
+	var algos []string
+	for _, t := range types {
+		if t == ssh.KeyAlgoRSA {
+			// An RSA key signs with SHA-2 on current servers.
+			algos = append(algos, ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256)
+		}
+		if !slices.Contains(algos, t) {
+			algos = append(algos, t)
+		}
+	}
+	return algos
 }
 
 // checkHostKey accepts the server's pinned key, or else a key the known

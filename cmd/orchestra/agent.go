@@ -31,7 +31,6 @@ type agentConfig struct {
 	NATSURL     string
 	Creds       string
 	SyncOnStart bool
-	AckWait     time.Duration
 	LogLevel    string
 }
 
@@ -62,9 +61,6 @@ server that was offline converges on its own.`,
 			if c.Creds == "" {
 				errs = append(errs, errors.New("--creds: required"))
 			}
-			if c.AckWait < time.Second {
-				errs = append(errs, fmt.Errorf("--ack-wait: %s, want at least 1s", c.AckWait))
-			}
 			level, err := parseLevel(c.LogLevel)
 			errs = append(errs, err)
 			if err := errors.Join(errs...); err != nil {
@@ -79,7 +75,6 @@ server that was offline converges on its own.`,
 	f.StringVar(&c.NATSURL, "nats", "", "NATS URL of Orchestra (comma-separated for a cluster)")
 	f.StringVar(&c.Creds, "creds", "", "credentials file from `orchestra agent credentials SERVER`")
 	f.BoolVar(&c.SyncOnStart, "sync-on-start", false, "ask for a full sync of the server when the agent starts")
-	f.DurationVar(&c.AckWait, "ack-wait", executor.DefaultAckWait, "how long a plan stays with an agent that stopped answering")
 	f.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.AddCommand(newAgentCredentialsCommand())
 	return cmd
@@ -148,7 +143,7 @@ func runAgent(ctx context.Context, c agentConfig, log *slog.Logger) error {
 	host, _ := os.Hostname()
 	ex, err := executor.New(ctx, executor.Config{
 		JetStream: js, Methods: map[string]executor.Method{services.MethodAgent: executor.Local{Host: host}},
-		AckWait: c.AckWait, Parallel: 1, Logger: log,
+		Bind: true, Parallel: 1, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -223,12 +218,16 @@ func requestSync(ctx context.Context, nc *nats.Conn, tok string, log *slog.Logge
 	}
 }
 
+// agentSyncInterval is the least time between two syncs an agent asks for.
+const agentSyncInterval = time.Second
+
 // serveAgentSyncs answers agents' requests for a sync of their server
 // until ctx ends. The subject names the server; an agent's credentials let
-// it ask only for its own.
+// it ask only for its own, and at most one per agentSyncInterval.
 func serveAgentSyncs(ctx context.Context, nc *nats.Conn, svc *services.Service, fleet *executor.Fleet, log *slog.Logger) error {
+	last := map[string]time.Time{} // the handler runs on one goroutine
 	sub, err := nc.QueueSubscribe(natsauth.AgentSubject("*", "sync"), "orchestra", func(m *nats.Msg) {
-		reply := answerSync(ctx, m.Subject, svc, fleet)
+		reply := answerSync(ctx, m.Subject, svc, fleet, last)
 		if reply.Error != "" {
 			log.Warn("agent sync refused", "subject", m.Subject, "reason", reply.Error)
 		}
@@ -243,7 +242,7 @@ func serveAgentSyncs(ctx context.Context, nc *nats.Conn, svc *services.Service, 
 	return nil
 }
 
-func answerSync(ctx context.Context, subject string, svc *services.Service, fleet *executor.Fleet) syncReply {
+func answerSync(ctx context.Context, subject string, svc *services.Service, fleet *executor.Fleet, last map[string]time.Time) syncReply {
 	parts := strings.Split(subject, ".")
 	if len(parts) != 4 {
 		return syncReply{Error: "not an agent subject"}
@@ -255,6 +254,10 @@ func answerSync(ctx context.Context, subject string, svc *services.Service, flee
 	if srv, ok := fleet.Server(name); !ok || srv.Method != services.MethodAgent {
 		return syncReply{Error: fmt.Sprintf("server %s does not exist or is not of method agent", name)}
 	}
+	if since := time.Since(last[name]); since < agentSyncInterval {
+		return syncReply{Error: fmt.Sprintf("a sync of %s was asked for %s ago; at most one per %s", name, since.Round(time.Millisecond), agentSyncInterval)}
+	}
+	last[name] = time.Now()
 	res, err := svc.SyncServer(ctx, services.Principal{Name: "agent " + name, Role: services.RoleOperator}, name, "")
 	if err != nil {
 		return syncReply{Error: err.Error()}

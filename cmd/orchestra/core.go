@@ -131,6 +131,7 @@ func newExecutor(ctx context.Context, js jetstream.JetStream, svc *services.Serv
 	e, err := executor.New(ctx, executor.Config{
 		JetStream:  js,
 		Methods:    map[string]executor.Method{services.MethodSSH: ssh, services.MethodLocal: executor.Local{Host: host}},
+		Provide:    []string{services.MethodAgent},
 		AckWait:    ex.AckWait,
 		Parallel:   ex.Parallel,
 		KeepOutput: true,

@@ -243,7 +243,8 @@ func TestAgentRunsItsServersPlans(t *testing.T) {
 	}
 	waitFile(t, log, "agent1 a start\nagent1 a end\nagent1 a start\nagent1 a end\n")
 
-	// A notification makes it ask for another sync.
+	// A notification makes it ask for another sync (at most one a second).
+	time.Sleep(time.Second)
 	if err := js.Conn().Publish(natsauth.AgentSubject("agent1", "notify"), nil); err != nil {
 		t.Fatal(err)
 	}

@@ -162,6 +162,13 @@ func AgentOptions(server, credsFile string) ([]nats.Option, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--server: %w", err)
 	}
+	if uc, err := jwt.DecodeUserClaims(token); err != nil || uc.Name != "agent "+server {
+		name := "?"
+		if uc != nil {
+			name = uc.Name
+		}
+		return nil, fmt.Errorf("--creds %s: these credentials are for %q, not the agent of %s", credsFile, name, server)
+	}
 	return []nats.Option{nats.Token(token), nats.Nkey(pub, kp.Sign), nats.CustomInboxPrefix(AgentInbox(tok))}, nil
 }
 
@@ -191,12 +198,15 @@ func AgentSubject(serverToken, what string) string {
 func AgentPermissions(tok string) jwt.Permissions {
 	consumer := "exec-" + tok
 	var p jwt.Permissions
+	// No CONSUMER.CREATE: orchestra up makes the agent's consumer, so the
+	// agent cannot change its delivery or acknowledgement settings.
 	p.Pub.Allow.Add(
-		"$JS.API.CONSUMER.CREATE."+events.StreamExec+"."+consumer+".orchestra.exec."+tok,
 		"$JS.API.CONSUMER.INFO."+events.StreamExec+"."+consumer,
 		"$JS.API.CONSUMER.MSG.NEXT."+events.StreamExec+"."+consumer,
 		"$JS.ACK."+events.StreamExec+"."+consumer+".>",
-		"orchestra.res."+tok+".>",
+		"orchestra.res."+tok+".*.ScriptStarted",
+		"orchestra.res."+tok+".*.ScriptOutput",
+		"orchestra.res."+tok+".*.ScriptFinished",
 		"$JS.API.DIRECT.GET."+events.StreamResults+".orchestra.res."+tok+".>",
 		AgentSubject(tok, "sync"),
 	)

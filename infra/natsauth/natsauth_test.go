@@ -161,6 +161,14 @@ func TestConnectionsNeedCredentials(t *testing.T) {
 	if _, _, err := g.agent(t, "web1", later); err != nil {
 		t.Fatalf("credentials from the same seed: %v", err)
 	}
+	// Credentials given to the agent of another server say so.
+	path := filepath.Join(t.TempDir(), "web1.creds")
+	if err := os.WriteFile(path, later, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := natsauth.AgentOptions("web2", path); err == nil || !strings.Contains(err.Error(), `are for "agent web1", not the agent of web2`) {
+		t.Fatalf("credentials of web1 for web2: %v", err)
+	}
 }
 
 func TestAgentCredentialsReachOnlyTheirServer(t *testing.T) {
@@ -178,8 +186,13 @@ func TestAgentCredentialsReachOnlyTheirServer(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// It runs its own server's plans and stores their results.
-	ex, err := executor.New(context.Background(), executor.Config{JetStream: js,
+	// It runs its own server's plans, on the consumer orchestra up made
+	// for it, and stores their results.
+	own, _ := executor.ConsumerConfig("web1", 3*time.Second)
+	if _, err := g.js.CreateOrUpdateConsumer(context.Background(), events.StreamExec, own); err != nil {
+		t.Fatal(err)
+	}
+	ex, err := executor.New(context.Background(), executor.Config{JetStream: js, Bind: true,
 		Methods: map[string]executor.Method{"agent": executor.Local{Host: "web1"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -216,12 +229,23 @@ func TestAgentCredentialsReachOnlyTheirServer(t *testing.T) {
 	if _, err := js.CreateOrUpdateConsumer(cctx, events.StreamExec, jetstream.ConsumerConfig{Durable: "exec-web1", FilterSubject: "orchestra.exec.web2"}); err == nil {
 		t.Fatal("the agent of web1 pointed its consumer at web2's subject")
 	}
+	pushed := own
+	pushed.DeliverSubject, pushed.AckPolicy = "orchestra.agent.web2.sync", jetstream.AckNonePolicy
+	if _, err := js.CreateOrUpdateConsumer(cctx, events.StreamExec, pushed); err == nil {
+		t.Fatal("the agent of web1 changed how its consumer delivers")
+	}
 	v.wait(t, "$JS.API.CONSUMER.CREATE.EXEC.exec-web2")
 	if _, err := nc.Request("$JS.API.DIRECT.GET.EXEC.orchestra.exec.web2", nil, time.Second); err == nil {
 		t.Fatal("the agent of web1 read web2's plan")
 	}
 
-	// Nor can it publish another server's results.
+	// Nor can it publish another server's results, or records other than
+	// a script's run about its own.
+	planned := "orchestra.res.web1." + uuid.NewString() + ".ScriptPlanned"
+	if err := nc.Publish(planned, []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	v.wait(t, planned)
 	forged, _ := json.Marshal(events.ScriptFinished{ID: uuid.New(), Server: "web2", State: events.StateSuccess})
 	subject, _ := events.ScriptSubject("web2", uuid.New(), "ScriptFinished")
 	if err := nc.Publish(subject, forged); err != nil {
