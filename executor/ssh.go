@@ -57,7 +57,7 @@ type SSHConfig struct {
 type SSH struct {
 	cfg     SSHConfig
 	signers []ssh.Signer
-	probe   ssh.PublicKey // a key no host has, to ask known_hosts which key types it lists
+	probe   ssh.PublicKey       // a key no host has, to ask known_hosts which key types it lists
 	known   ssh.HostKeyCallback // nil when there are no known_hosts files
 	user    string
 	dials   atomic.Int64
