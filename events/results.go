@@ -33,7 +33,10 @@ type ScriptStarted struct {
 	Backend  string    `json:"backend"`
 	Attempt  int       `json:"attempt"`
 	Executor string    `json:"executor"` // the method and the host that ran it
-	Time     time.Time `json:"time"`
+	// PID is the script's process group on its server, 0 when unknown: a
+	// later attempt kills what is left of it.
+	PID  int       `json:"pid,omitempty"`
+	Time time.Time `json:"time"`
 }
 
 func (ScriptStarted) ResultType() string { return "ScriptStarted" }

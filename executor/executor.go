@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -376,12 +377,30 @@ func heartbeat(ctx context.Context, nc *nats.Conn, msg jetstream.Msg, ackWait ti
 	return func() { once.Do(func() { close(done) }) }
 }
 
+// stopEarlier kills what the script's last attempt may have left running
+// on the server when its executor died, so that this attempt never runs
+// beside it. It returns a note for the reason when that failed.
+func (e *Executor) stopEarlier(ctx context.Context, method Method, srv events.Server, id uuid.UUID, attempt int) string {
+	var last events.ScriptStarted
+	found, err := e.res.last(ctx, srv.Name, id, &last)
+	if err != nil {
+		return "an earlier attempt may still run: " + err.Error()
+	}
+	if !found || last.Attempt >= attempt || last.PID <= 0 {
+		return ""
+	}
+	if err := method.Kill(ctx, srv, last.PID, fmt.Sprintf("%s.%d", id, last.Attempt)); err != nil {
+		return fmt.Sprintf("attempt %d may still run: %v", last.Attempt, err)
+	}
+	return ""
+}
+
 // run carries out one script of a plan on srv, a server this executor
 // serves, and stores its result. A script that already finished (in an
 // earlier attempt, or before its queue's consumer was made again) is not
 // run again.
 func (e *Executor) run(ctx context.Context, srv events.Server, plan events.Plan, s events.PlanScript, attempt int) error {
-	done, err := e.res.finished(ctx, plan.Server, s.ID)
+	done, err := e.res.last(ctx, plan.Server, s.ID, &events.ScriptFinished{})
 	if err != nil {
 		return err
 	}
@@ -399,20 +418,35 @@ func (e *Executor) run(ctx context.Context, srv events.Server, plan events.Plan,
 		if d, err := time.ParseDuration(s.Timeout); err == nil && d > 0 {
 			timeout = d
 		}
+		earlier := ""
+		if attempt > 1 {
+			earlier = e.stopEarlier(ctx, method, srv, s.ID, attempt)
+		}
 		fin.Started = time.Now()
 		started := events.ScriptStarted{ID: s.ID, Unit: plan.Unit, Server: plan.Server, Backend: s.Backend,
 			Attempt: attempt, Executor: method.Name(), Time: fin.Started}
-		if _, err := e.res.publish(plan.Server, s.ID, fmt.Sprintf("%s.%d.%s", s.ID, attempt, started.ResultType()), started); err != nil {
-			return err
+		var once sync.Once
+		var startErr error
+		report := func(pid int) {
+			once.Do(func() {
+				started.PID = pid
+				_, startErr = e.res.publish(plan.Server, s.ID, fmt.Sprintf("%s.%d.%s", s.ID, attempt, started.ResultType()), started)
+			})
 		}
 		c := newCapture(e.res, plan.Server, s.ID, attempt, e.cfg.Limits)
-		out := method.Run(ctx, Job{Server: srv, Script: s, Timeout: timeout, Stdout: c.stdout(), Stderr: c.stderr()})
+		out := method.Run(ctx, Job{Server: srv, Script: s, Timeout: timeout, Stdout: c.stdout(), Stderr: c.stderr(),
+			Run: fmt.Sprintf("%s.%d", s.ID, attempt), Started: report})
 		fin.Duration = time.Since(fin.Started)
+		report(0) // when the method never learnt the process
 		got := c.finish(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		fin.State, fin.ExitCode, fin.Reason, fin.Object = out.State, out.ExitCode, join(out.Reason, got.note), got.object
+		if startErr != nil {
+			return startErr
+		}
+		fin.State, fin.ExitCode, fin.Object = out.State, out.ExitCode, got.object
+		fin.Reason = join(join(earlier, out.Reason), got.note)
 		fin.Stdout, fin.Stderr = got.stdout, got.stderr
 	}
 	fin.Time = time.Now()

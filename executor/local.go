@@ -1,9 +1,11 @@
 package executor
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -27,6 +29,7 @@ func (l Local) Name() string { return "local on " + l.Host }
 // Run implements Method.
 func (Local) Run(ctx context.Context, j Job) Outcome {
 	cmd := exec.Command(j.Script.Executable)
+	cmd.Env = append(os.Environ(), RunEnv+"="+j.Run)
 	cmd.Stdin = strings.NewReader(j.Script.Script)
 	cmd.Stdout, cmd.Stderr = j.Stdout, j.Stderr
 	// Pdeathsig: should the executor die, the script dies with it rather
@@ -52,6 +55,7 @@ func (Local) Run(ctx context.Context, j Job) Outcome {
 	if err := <-started; err != nil {
 		return Outcome{State: events.StateError, ExitCode: -1, Reason: fmt.Sprintf("start %s: %v", j.Script.Executable, err)}
 	}
+	j.Started(cmd.Process.Pid)
 	timer := time.NewTimer(j.Timeout)
 	defer timer.Stop()
 	var out Outcome
@@ -66,6 +70,18 @@ func (Local) Run(ctx context.Context, j Job) Outcome {
 	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	<-done
 	return out
+}
+
+// Kill implements Method.
+func (Local) Kill(_ context.Context, _ events.Server, pid int, run string) error {
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil || !bytes.Contains(env, []byte("\x00"+RunEnv+"="+run+"\x00")) && !bytes.HasPrefix(env, []byte(RunEnv+"="+run+"\x00")) {
+		return nil // gone, or another process by now
+	}
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("kill process group %d: %w", pid, err)
+	}
+	return nil
 }
 
 // waited turns what Wait returned into an outcome.

@@ -15,7 +15,17 @@ type Job struct {
 	Timeout time.Duration
 	Stdout  io.Writer
 	Stderr  io.Writer
+	// Run names this attempt ("<script id>.<attempt>"); the script's
+	// processes carry it in their environment as ORCHESTRA_RUN, so that a
+	// later attempt can tell them from others.
+	Run string
+	// Started is called once the script runs, with the id of its process
+	// group on the server (0 when the method could not learn it).
+	Started func(pid int)
 }
+
+// RunEnv is the environment variable that names a script's run.
+const RunEnv = "ORCHESTRA_RUN"
 
 // Outcome is how a job ended: a state of DESIGN.md §2 (SUCCESS, FAILURE,
 // TIMEOUT or ERROR), the exit code (-1 when the script did not exit on its
@@ -31,6 +41,10 @@ type Outcome struct {
 // first, the script is killed and the outcome does not matter.
 type Method interface {
 	Run(ctx context.Context, j Job) Outcome
+	// Kill kills process group pid on srv if it still belongs to run
+	// (its leader's environment says so): what an earlier attempt left
+	// running after its executor died.
+	Kill(ctx context.Context, srv events.Server, pid int, run string) error
 	// Name is what ScriptStarted records as the executor, e.g.
 	// "ssh from host1" or "local on host1".
 	Name() string

@@ -9,17 +9,20 @@ import (
 
 // FuzzPidLine: whatever a server writes on standard error, and however it
 // is split into writes, the script's stderr is exactly what it wrote
-// without the wrapper's leading "orchestra-pid N" line, and the pid is N.
+// without the first "orchestra-pid <run> N" line (N > 0, within the first
+// 4 KiB), and the pid reported is N.
 func FuzzPidLine(f *testing.F) {
-	f.Add([]byte("orchestra-pid 4242\nerr 1\n"), 3)
-	f.Add([]byte("orchestra-pid 42"), 5)
-	f.Add([]byte("no report\n"), 0)
-	f.Add([]byte("orchestra-pid x\nrest"), 20)
-	f.Add(bytes.Repeat([]byte("y"), 100), 70)
-	f.Add([]byte("orchestra-pid 0000000000000000000000000000000000000000000000000000000042\nx"), 70)
+	const run = "0192f1e0-6b1a-7c3e-9d2f-5a4b3c2d1e0f.2"
+	f.Add([]byte("orchestra-pid "+run+" 4242\nerr 1\n"), 3)
+	f.Add([]byte("stty: not a tty\norchestra-pid "+run+" 7\nout"), 20)
+	f.Add([]byte("orchestra-pid "+run+" 42"), 5)
+	f.Add([]byte("orchestra-pid other.1 42\nno report\n"), 0)
+	f.Add([]byte("orchestra-pid "+run+" x\nrest"), 20)
+	f.Add(append(bytes.Repeat([]byte("y"), 4090), []byte("\norchestra-pid "+run+" 9\n")...), 4095)
 	f.Fuzz(func(t *testing.T, in []byte, split int) {
 		var out bytes.Buffer
-		p := &pidLine{out: &out}
+		reported := 0
+		p := &pidLine{out: &out, marker: pidPrefix + run + " ", started: func(pid int) { reported = pid }}
 		split = max(0, min(split, len(in)))
 		for _, part := range [][]byte{in[:split], in[split:]} {
 			if n, err := p.Write(part); n != len(part) || err != nil {
@@ -28,15 +31,21 @@ func FuzzPidLine(f *testing.F) {
 		}
 		p.flush()
 		want, pid := in, 0
-		if i := bytes.IndexByte(in, '\n'); i >= 0 && i < pidLineMax {
-			if v, ok := strings.CutPrefix(string(in[:i]), pidPrefix); ok {
-				if n, err := strconv.Atoi(v); err == nil {
-					want, pid = in[i+1:], n
+		for start := 0; ; {
+			i := bytes.IndexByte(in[start:], '\n')
+			if i < 0 || start+i >= pidReportMax {
+				break
+			}
+			if v, ok := strings.CutPrefix(string(in[start:start+i]), pidPrefix+run+" "); ok {
+				if n, err := strconv.Atoi(v); err == nil && n > 0 {
+					want, pid = append(append([]byte{}, in[:start]...), in[start+i+1:]...), n
+					break
 				}
 			}
+			start += i + 1
 		}
-		if !bytes.Equal(out.Bytes(), want) || p.get() != pid {
-			t.Fatalf("%q split at %d: passed on %q and pid %d, want %q and %d", in, split, out.Bytes(), p.get(), want, pid)
+		if !bytes.Equal(out.Bytes(), want) || p.get() != pid || reported != pid {
+			t.Fatalf("%q split at %d: passed on %q and pid %d (reported %d), want %q and %d", in, split, out.Bytes(), p.get(), reported, want, pid)
 		}
 	})
 }

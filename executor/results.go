@@ -71,26 +71,30 @@ func (r *results) store(ctx context.Context, server string, id uuid.UUID, msgID 
 	}
 }
 
-// finished reports whether an attempt of script already ended for good:
-// after a redelivery, scripts of the plan that finished are not run again.
-// It asks for the last ScriptFinished of the script with a direct get on
-// the server's own subject, which an agent's credentials allow.
-func (r *results) finished(ctx context.Context, server string, id uuid.UUID) (bool, error) {
-	subject, err := events.ScriptSubject(server, id, events.ScriptFinished{}.ResultType())
+// last reads the last result of v's type about a script into v, and
+// reports whether there is one: after a redelivery, scripts of the plan
+// that finished are not run again, and what an earlier attempt started is
+// stopped. It uses a direct get on the server's own subject, which an
+// agent's credentials allow.
+func (r *results) last(ctx context.Context, server string, id uuid.UUID, v events.Result) (bool, error) {
+	subject, err := events.ScriptSubject(server, id, v.ResultType())
 	if err != nil {
 		return false, err
 	}
 	reply, err := r.js.Conn().RequestWithContext(ctx, "$JS.API.DIRECT.GET."+events.StreamResults+"."+subject, nil)
 	if err != nil {
-		return false, fmt.Errorf("look up the result of script %s: %w", id, err)
+		return false, fmt.Errorf("look up %s of script %s: %w", v.ResultType(), id, err)
 	}
 	switch status := reply.Header.Get("Status"); status {
 	case "":
+		if err := json.Unmarshal(reply.Data, v); err != nil {
+			return false, fmt.Errorf("%s of script %s: %w", v.ResultType(), id, err)
+		}
 		return true, nil
 	case "404":
 		return false, nil
 	default:
-		return false, fmt.Errorf("look up the result of script %s: status %s %s", id, status, reply.Header.Get("Description"))
+		return false, fmt.Errorf("look up %s of script %s: status %s %s", v.ResultType(), id, status, reply.Header.Get("Description"))
 	}
 }
 

@@ -142,15 +142,17 @@ func (s *SSH) Close() {
 
 // Run implements Method.
 func (s *SSH) Run(ctx context.Context, j Job) Outcome {
-	sess, out, ok := s.session(ctx, j.Server)
+	c, sess, out, ok := s.session(ctx, j.Server)
 	if !ok {
 		return out
 	}
 	defer sess.Close()
 	sess.Stdin = strings.NewReader(j.Script.Script)
-	pid := &pidLine{out: j.Stderr}
-	sess.Stdout, sess.Stderr = j.Stdout, pid
-	if err := sess.Start(remoteCommand(j.Script.Executable)); err != nil {
+	report := &pidLine{out: j.Stderr, marker: pidPrefix + j.Run + " ", started: j.Started}
+	sess.Stdout, sess.Stderr = j.Stdout, report
+	err := s.bounded(ctx, c, func() error { return sess.Start(remoteCommand(j.Run, j.Script.Executable)) })
+	if err != nil {
+		s.drop(j.Server.Name)
 		return Outcome{State: events.StateError, ExitCode: -1, Reason: "start " + j.Script.Executable + ": " + err.Error()}
 	}
 	done := make(chan error, 1)
@@ -159,7 +161,7 @@ func (s *SSH) Run(ctx context.Context, j Job) Outcome {
 	defer timer.Stop()
 	select {
 	case err := <-done:
-		pid.flush()
+		report.flush()
 		return s.waited(j.Server, err)
 	case <-timer.C:
 		out = ranPast(j.Timeout)
@@ -167,8 +169,32 @@ func (s *SSH) Run(ctx context.Context, j Job) Outcome {
 		out = Outcome{State: events.StateError, ExitCode: -1, Reason: "the executor stopped"}
 	}
 	sess.Close()
-	s.killGroup(j.Server, pid.get())
+	pid := report.get()
+	if pid == 0 {
+		out.Reason = join(out.Reason, "the server did not report the script's process, so it may still run")
+	} else if err := s.Kill(context.WithoutCancel(ctx), j.Server, pid, j.Run); err != nil {
+		out.Reason = join(out.Reason, "it may still run: "+err.Error())
+	}
 	return out
+}
+
+// bounded runs op, a request to the server that waits for its answer,
+// within the connect timeout and ctx; past them it closes the connection
+// (which ends op) and drops it.
+func (s *SSH) bounded(ctx context.Context, c *ssh.Client, op func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- op() }()
+	t := time.NewTimer(s.cfg.ConnectTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	c.Close()
+	<-done
+	return fmt.Errorf("the server did not answer within %s; connection closed", s.cfg.ConnectTimeout)
 }
 
 // waited turns what Wait returned into an outcome.
@@ -193,19 +219,23 @@ func (s *SSH) waited(server events.Server, err error) Outcome {
 
 // session opens a session on the server's connection, connecting first
 // when there is none, or when the connection turns out to be broken.
-func (s *SSH) session(ctx context.Context, srv events.Server) (*ssh.Session, Outcome, bool) {
+func (s *SSH) session(ctx context.Context, srv events.Server) (*ssh.Client, *ssh.Session, Outcome, bool) {
 	for try := 0; ; try++ {
 		c, out, ok := s.client(ctx, srv)
 		if !ok {
-			return nil, out, false
+			return nil, nil, out, false
 		}
-		sess, err := c.NewSession()
+		var sess *ssh.Session
+		err := s.bounded(ctx, c, func() (err error) {
+			sess, err = c.NewSession()
+			return err
+		})
 		if err == nil {
-			return sess, Outcome{}, true
+			return c, sess, Outcome{}, true
 		}
 		s.drop(srv.Name)
 		if try == 1 {
-			return nil, Outcome{State: events.StateError, ExitCode: -1, Reason: "open a session: " + err.Error()}, false
+			return nil, nil, Outcome{State: events.StateError, ExitCode: -1, Reason: "open a session: " + err.Error()}, false
 		}
 	}
 }
@@ -260,8 +290,41 @@ func (s *SSH) client(ctx context.Context, srv events.Server) (*ssh.Client, Outco
 	client, out, ok := s.dial(ctx, srv)
 	if ok {
 		c.client, c.dialed = client, settings
+		go s.keepalive(client)
 	}
 	return client, out, ok
+}
+
+// keepaliveInterval is how often an idle connection is checked.
+const keepaliveInterval = 15 * time.Second
+
+// keepalive asks the server for an answer every keepaliveInterval and
+// closes the connection when none comes within the connect timeout, so a
+// connection a firewall dropped silently is noticed before a script needs
+// it. It returns when the connection is closed.
+func (s *SSH) keepalive(c *ssh.Client) {
+	closed := make(chan struct{})
+	go func() {
+		_ = c.Wait()
+		close(closed)
+	}()
+	t := time.NewTicker(keepaliveInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-closed:
+			return
+		case <-t.C:
+			err := s.bounded(context.Background(), c, func() error {
+				_, _, err := c.SendRequest("keepalive@openssh.com", true, nil)
+				return err
+			})
+			if err != nil {
+				c.Close()
+				return
+			}
+		}
+	}
 }
 
 // dial connects and authenticates, classifying what went wrong: a server
@@ -398,53 +461,62 @@ func (s *SSH) checkHostKey(srv events.Server, hostname string, remote net.Addr, 
 	return fmt.Errorf("unknown host key %s for %s: pin it as the server's host_key, add it to known_hosts, or set trust_on_first_use", shown, hostname)
 }
 
-// pidPrefix starts the first line of a session's standard error: the
-// process id of the session, which sshd makes the leader of a process
-// group of its own.
+// pidPrefix starts the line a script's session writes first on its
+// standard error: "orchestra-pid <run> <pid>", the process id of the
+// session, which sshd makes the leader of a process group of its own.
 const pidPrefix = "orchestra-pid "
 
 // remoteCommand is the command of a script's session, for the remote
 // user's (POSIX) shell: it reports its process id and becomes the
-// executable, which reads the script on its standard input.
-func remoteCommand(executable string) string {
-	return `echo "` + pidPrefix + `$$" >&2; exec '` + strings.ReplaceAll(executable, "'", `'\''`) + "'"
+// executable (through env, which marks the run in the environment), which
+// reads the script on its standard input. run is a script id and an
+// attempt: hex digits, '-' and '.'.
+func remoteCommand(run, executable string) string {
+	return `echo "` + pidPrefix + run + ` $$" >&2; exec env ` + RunEnv + "=" + run + " '" + strings.ReplaceAll(executable, "'", `'\''`) + "'"
 }
 
-// killGroup kills a timed-out script's whole process group through a
-// session of its own. (sshd refuses signal requests for root's sessions,
-// and delivers the others to the first process only.)
-func (s *SSH) killGroup(srv events.Server, pid int) {
+// Kill implements Method, through a session of its own (sshd refuses
+// signal requests for root's sessions, and delivers the others to the
+// first process only). Linux servers only: the run is checked in
+// /proc/<pid>/environ.
+func (s *SSH) Kill(ctx context.Context, srv events.Server, pid int, run string) error {
 	if pid <= 1 {
-		return
+		return nil
 	}
-	c, _, ok := s.client(context.Background(), srv)
+	c, out, ok := s.client(ctx, srv)
 	if !ok {
-		return
+		return errors.New(out.Reason)
 	}
-	sess, err := c.NewSession()
-	if err != nil {
-		return
+	var sess *ssh.Session
+	if err := s.bounded(ctx, c, func() (err error) {
+		sess, err = c.NewSession()
+		return err
+	}); err != nil {
+		s.drop(srv.Name)
+		return fmt.Errorf("kill process group %d: %w", pid, err)
 	}
 	defer sess.Close()
-	done := make(chan error, 1)
-	go func() { done <- sess.Run(fmt.Sprintf("kill -KILL -- -%d", pid)) }()
-	select {
-	case <-done:
-	case <-time.After(s.cfg.ConnectTimeout):
+	cmd := fmt.Sprintf("if grep -qF '%s=%s' /proc/%d/environ 2>/dev/null; then kill -KILL -- -%d; fi", RunEnv, run, pid, pid)
+	if err := s.bounded(ctx, c, func() error { return sess.Run(cmd) }); err != nil {
+		return fmt.Errorf("kill process group %d: %w", pid, err)
 	}
+	return nil
 }
 
-// pidLineMax bounds the report's line; a longer first line is output.
-const pidLineMax = 64
+// pidReportMax bounds how far into a session's standard error the pid
+// report is looked for (the user's shell may print before it).
+const pidReportMax = 4096
 
-// pidLine takes the first line of a session's standard error when it
-// reports the session's process id, and passes everything else on.
+// pidLine takes the pid report out of a session's standard error,
+// reports the pid through started, and passes everything else on.
 type pidLine struct {
-	out  io.Writer
-	mu   sync.Mutex
-	head []byte // the first line, while incomplete
-	done bool
-	pid  int
+	out     io.Writer
+	marker  string // the report's start: pidPrefix, the run, a space
+	started func(pid int)
+	mu      sync.Mutex
+	head    []byte // what came before the report, while it is looked for
+	done    bool
+	pid     int
 }
 
 func (p *pidLine) Write(b []byte) (int, error) {
@@ -454,19 +526,35 @@ func (p *pidLine) Write(b []byte) (int, error) {
 		return p.out.Write(b)
 	}
 	p.head = append(p.head, b...)
-	i := bytes.IndexByte(p.head, '\n')
-	if i < 0 && len(p.head) < pidLineMax {
+	var rest []byte
+	pid := 0
+	for start := 0; ; {
+		i := bytes.IndexByte(p.head[start:], '\n')
+		if i < 0 || start+i >= pidReportMax {
+			break
+		}
+		line := p.head[start : start+i]
+		if v, ok := strings.CutPrefix(string(line), p.marker); ok {
+			if n, err := strconv.Atoi(v); err == nil && n > 0 {
+				pid = n
+				rest = append(append([]byte{}, p.head[:start]...), p.head[start+i+1:]...)
+				break
+			}
+		}
+		start += i + 1
+	}
+	if pid == 0 && len(p.head) < pidReportMax {
 		p.mu.Unlock()
 		return len(b), nil
 	}
-	rest := p.head
-	if v, ok := strings.CutPrefix(string(p.head[:max(i, 0)]), pidPrefix); ok && i >= 0 && i < pidLineMax {
-		if pid, err := strconv.Atoi(v); err == nil {
-			p.pid, rest = pid, p.head[i+1:]
-		}
+	if pid == 0 {
+		rest = p.head // no report: it is all output
 	}
-	p.done, p.head = true, nil
+	p.done, p.head, p.pid = true, nil, pid
 	p.mu.Unlock()
+	if pid > 0 && p.started != nil {
+		p.started(pid)
+	}
 	if len(rest) > 0 {
 		if _, err := p.out.Write(rest); err != nil {
 			return 0, err
@@ -475,7 +563,7 @@ func (p *pidLine) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// flush passes on a first line that never ended.
+// flush passes on what was held while the report was looked for.
 func (p *pidLine) flush() {
 	p.mu.Lock()
 	head := p.head

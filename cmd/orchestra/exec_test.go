@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -17,16 +18,19 @@ import (
 
 	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/infra/natsauth"
+	"github.com/orchestra-fleet/orchestra/infra/sshdtest"
 )
 
-// stepModel is a fleet of one local server and one agent server, and a
-// backend whose save logs its start and end to log, sleeping between.
-func stepModel(log string) string {
+// localBox is the server box of stepModel on the local method.
+const localBox = "address: 127.0.0.1\nmethod: local\n"
+
+// stepModel is a fleet of server box (described by box) and one agent
+// server, and a backend whose save logs its start and end to log,
+// sleeping between.
+func stepModel(log, box string) string {
 	return fmt.Sprintf(`kind: Server
 name: box
-address: 127.0.0.1
-method: local
----
+%[2]s---
 kind: Server
 name: agent1
 address: 127.0.0.1
@@ -51,7 +55,7 @@ kind: Route
 backend: step
 server: agent1
 match: 'resource.attrs.where == "agent1"'
-`, log)
+`, log, box)
 }
 
 func job(name, where string, sleep float64) string {
@@ -145,13 +149,28 @@ func waitFile(t *testing.T, path, want string) {
 // The executor is killed with SIGKILL while a script sleeps. After the
 // restart the script runs again as attempt 2, with one final state, and
 // the server's next plan (queued behind it before the kill) runs after it.
+//
+// Over ssh the killed attempt's script is not killed with the executor (the
+// connection just ends); the second attempt kills what is left of the first
+// before it starts.
 func TestKilledExecutorRunsTheScriptAgain(t *testing.T) {
+	t.Run("local", func(t *testing.T) { killedExecutor(t, localBox) })
+	t.Run("ssh", func(t *testing.T) {
+		sshd := sshdtest.Start(t)
+		host, port, _ := net.SplitHostPort(sshd.Addrs[0])
+		box := fmt.Sprintf("address: %s\nport: %s\nuser: %s\nmethod: ssh\n", host, port, sshd.User)
+		killedExecutor(t, box, "--ssh-key", sshd.ClientKeyFile, "--known-hosts", sshd.KnownHostsFile)
+	})
+}
+
+func killedExecutor(t *testing.T, box string, flags ...string) {
 	dir := t.TempDir()
 	data := filepath.Join(dir, ".orchestra")
 	log := filepath.Join(dir, "box.log")
-	p := startUp(t, "--data", data, "--nats-listen", "127.0.0.1:0", "--ack-wait", "2s")
+	args := append([]string{"--data", data, "--nats-listen", "127.0.0.1:0", "--ack-wait", "2s"}, flags...)
+	p := startUp(t, args...)
 	p.waitReady(t)
-	p.applyText(t, dir, stepModel(log)+"---\n"+job("a", "box", 4))
+	p.applyText(t, dir, stepModel(log, box)+"---\n"+job("a", "box", 4))
 	waitFile(t, log, "box a start")
 	p.applyText(t, dir, job("b", "box", 0))
 	_, js := connect(t, p)
@@ -164,14 +183,13 @@ func TestKilledExecutorRunsTheScriptAgain(t *testing.T) {
 	}
 	<-p.exited
 
-	// The killed attempt's script died with the executor: nothing more is
-	// written until the restart.
+	// Nothing more is written until the restart.
 	time.Sleep(500 * time.Millisecond)
 	before, _ := os.ReadFile(log)
 	if string(before) != "box a start\n" {
 		t.Fatalf("after the kill the server log is %q", before)
 	}
-	p2 := startUp(t, "--data", data, "--nats-listen", "127.0.0.1:0", "--ack-wait", "2s")
+	p2 := startUp(t, args...)
 	p2.waitReady(t)
 	_, js = connect(t, p2)
 	a, fin := waitFinished(t, js, "box", 0)
@@ -201,7 +219,7 @@ func TestAgentRunsItsServersPlans(t *testing.T) {
 	log := filepath.Join(dir, "agent.log")
 	p := startUp(t, "--data", data, "--nats-listen", "127.0.0.1:0")
 	p.waitReady(t)
-	p.applyText(t, dir, stepModel(log)+"---\n"+job("a", "agent1", 0))
+	p.applyText(t, dir, stepModel(log, localBox)+"---\n"+job("a", "agent1", 0))
 
 	creds := filepath.Join(dir, "agent1.creds")
 	if out, errOut, code := p.cli(t, dir, "agent", "credentials", "agent1", "--data", data, "--out", creds); code != 0 {
