@@ -86,3 +86,20 @@ func TestSSHAuthenticatesThroughAnAgent(t *testing.T) {
 		t.Fatalf("%+v", fin)
 	}
 }
+
+// A server with an ECDSA host key besides the ed25519 one on record is
+// asked for the ed25519 key, pinned or in known_hosts.
+func TestSSHAsksForTheKeyTypeOnRecord(t *testing.T) {
+	sshd := sshdtest.StartWithECDSA(t)
+	r := newSSHRig(t, sshd, true)
+	pinned := r.sshServer("pinned", sshd.Addrs[0])
+	pinned.HostKey = sshd.HostKeyLine
+	for _, srv := range []events.Server{pinned, r.sshServer("known", sshd.Addrs[0])} {
+		r.save(srv)
+		s := script("b", "true", "1m")
+		r.send(srv.Name, s)
+		if fin := r.finished(srv.Name, s.ID); fin.State != events.StateSuccess {
+			t.Errorf("%s: %s %s", srv.Name, fin.State, fin.Reason)
+		}
+	}
+}

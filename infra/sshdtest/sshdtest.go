@@ -6,7 +6,10 @@ package sshdtest
 
 import (
 	"bufio"
+	"crypto"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
@@ -80,6 +83,7 @@ type Server struct {
 	t              testing.TB
 	sshd           string
 	hostKeyFile    string
+	ecdsaKeyFile   string // a second host key, "" for none (StartWithECDSA)
 	authorizedKeys string
 
 	mu    sync.Mutex
@@ -105,12 +109,25 @@ func Start(t testing.TB) *Server {
 	return StartN(t, 1)
 }
 
+// StartWithECDSA runs sshd on one port with an ECDSA P-256 host key
+// besides the ed25519 one (HostKey), listed first: a client that does not
+// ask for ed25519 is shown the ECDSA key.
+func StartWithECDSA(t testing.TB) *Server {
+	t.Helper()
+	return start(t, 1, true)
+}
+
 // StartN runs sshd listening on n free loopback ports (one ListenAddress
 // each), so that a test can stand in for n servers with one process. sshd
 // listens on 16 ports at most, so past 16 StartN runs one sshd per 16 ports,
 // all with the same keys; the Server acts as one. Every port answers when
 // StartN returns; sshd is stopped at test cleanup.
 func StartN(t testing.TB, n int) *Server {
+	t.Helper()
+	return start(t, n, false)
+}
+
+func start(t testing.TB, n int, ecdsaKey bool) *Server {
 	t.Helper()
 	if n < 1 {
 		t.Fatalf("sshdtest: StartN needs at least one port, got %d", n)
@@ -136,13 +153,31 @@ func StartN(t testing.TB, n int) *Server {
 		hostKeyFile:    filepath.Join(dir, "ssh_host_ed25519_key"),
 		authorizedKeys: filepath.Join(dir, "authorized_keys"),
 	}
-	hostSigner, err := writeKey(s.hostKeyFile)
+	if ecdsaKey {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatalf("sshdtest: ecdsa host key: %v", err)
+		}
+		s.ecdsaKeyFile = filepath.Join(dir, "ssh_host_ecdsa_key")
+		if _, err := writeKey(s.ecdsaKeyFile, key); err != nil {
+			t.Fatalf("sshdtest: ecdsa host key: %v", err)
+		}
+	}
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatalf("sshdtest: host key: %v", err)
+	}
+	hostSigner, err := writeKey(s.hostKeyFile, priv)
 	if err != nil {
 		t.Fatalf("sshdtest: host key: %v", err)
 	}
 	s.HostKey = hostSigner.PublicKey()
 	s.HostKeyLine = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(s.HostKey)))
-	if s.ClientSigner, err = writeKey(s.ClientKeyFile); err != nil {
+	_, clientKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatalf("sshdtest: client key: %v", err)
+	}
+	if s.ClientSigner, err = writeKey(s.ClientKeyFile, clientKey); err != nil {
 		t.Fatalf("sshdtest: client key: %v", err)
 	}
 	if err := os.WriteFile(s.authorizedKeys, ssh.MarshalAuthorizedKey(s.ClientSigner.PublicKey()), 0o600); err != nil {
@@ -209,13 +244,9 @@ func currentUser() (string, error) {
 	return "", fmt.Errorf("look up the current user: %w", err)
 }
 
-// writeKey generates an Ed25519 key and writes it to path in OpenSSH form
+// writeKey writes the private key priv to path in OpenSSH form
 // (mode 0600, as sshd and ssh require) with its public half in path.pub.
-func writeKey(path string) (ssh.Signer, error) {
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate: %w", err)
-	}
+func writeKey(path string, priv crypto.Signer) (ssh.Signer, error) {
 	block, err := ssh.MarshalPrivateKey(priv, "")
 	if err != nil {
 		return nil, fmt.Errorf("marshal: %w", err)
@@ -267,6 +298,9 @@ func (s *Server) writeFiles() error {
 		cfg.WriteString("# Written by sshdtest for one test.\n")
 		for _, addr := range p.addrs {
 			fmt.Fprintf(&cfg, "ListenAddress %s\n", addr)
+		}
+		if s.ecdsaKeyFile != "" {
+			fmt.Fprintf(&cfg, "HostKey %q\n", s.ecdsaKeyFile)
 		}
 		fmt.Fprintf(&cfg, "HostKey %q\n", s.hostKeyFile)
 		fmt.Fprintf(&cfg, "AuthorizedKeysFile %q\n", s.authorizedKeys)
