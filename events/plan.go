@@ -118,12 +118,14 @@ type UnitPlanned struct {
 
 func (UnitPlanned) ResultType() string { return "UnitPlanned" }
 
-// ScriptSummary is a script as a unit's record lists it.
+// ScriptSummary is a script as a unit's record lists it. Async scripts
+// come from async routes: an apply does not wait for them.
 type ScriptSummary struct {
 	ID      uuid.UUID `json:"id"`
 	Server  string    `json:"server"`
 	Backend string    `json:"backend"`
 	State   string    `json:"state"`
+	Async   bool      `json:"async,omitempty"`
 }
 
 // DroppedOp is an operation no route took (Route empty), or that a route's

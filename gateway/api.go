@@ -56,6 +56,8 @@ type api struct {
 	model    Waiter
 	planner  Previewer
 	scripts  ScriptLog
+	results  Results
+	wait     time.Duration
 	idem     IdempotencyStore
 	now      func() time.Time
 	busy     sync.Map // scope + key → struct{}: idempotent requests running now
@@ -373,12 +375,20 @@ func (a *api) apply(w http.ResponseWriter, r *http.Request, p services.Principal
 	if err != nil {
 		return err
 	}
+	wait, err := a.applyWait(r)
+	if err != nil {
+		return err
+	}
 	res, err := a.svc.Apply(r.Context(), p, req)
 	if err != nil {
 		return err
 	}
+	out := applyResult{ApplyResult: res}
+	if err := a.await(r.Context(), &out, wait); err != nil {
+		a.log.Warn("apply: waiting for the scripts failed", "unit", res.Unit, "err", err)
+	}
 	w.Header().Set(HeaderSequence, strconv.FormatUint(res.Sequence, 10))
-	writeJSON(w, http.StatusOK, res)
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 

@@ -23,17 +23,23 @@ type Config struct {
 	Metrics http.Handler
 
 	// The API; without Service only the health endpoints are served.
-	Service     *services.Service
-	Rows        Reader
-	Model       Waiter
-	Planner     Previewer
-	Scripts     ScriptLog
+	Service *services.Service
+	Rows    Reader
+	Model   Waiter
+	Planner Previewer
+	Scripts ScriptLog
+	// Results lets an apply wait for its scripts; without it an apply
+	// answers at once.
+	Results     Results
 	Idempotency IdempotencyStore
 	Logger      *slog.Logger
 	// ReadWait bounds how long a read waits for the read model to catch up
 	// (default DefaultReadWait).
 	ReadWait time.Duration
-	Now      func() time.Time
+	// ApplyWait bounds how long an apply waits for its scripts unless the
+	// request says (?wait=): 0 means DefaultApplyWait, negative not at all.
+	ApplyWait time.Duration
+	Now       func() time.Time
 }
 
 func (c *Config) setDefaults() {
@@ -42,6 +48,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReadWait == 0 {
 		c.ReadWait = DefaultReadWait
+	}
+	if c.ApplyWait == 0 {
+		c.ApplyWait = DefaultApplyWait
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -107,7 +116,7 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	}
 	a := &api{
 		svc: cfg.Service, rows: cfg.Rows, model: cfg.Model, planner: cfg.Planner, scripts: cfg.Scripts, idem: cfg.Idempotency,
-		log: cfg.Logger, readWait: cfg.ReadWait, now: cfg.Now,
+		log: cfg.Logger, readWait: cfg.ReadWait, now: cfg.Now, results: cfg.Results, wait: cfg.ApplyWait,
 	}
 	for _, rt := range Routes() {
 		mux.Handle(rt.Method+" "+rt.Path, a.ready(cfg.Ready, a.serve(rt)))

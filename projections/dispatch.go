@@ -223,8 +223,8 @@ func (d *Dispatcher) unit(ctx context.Context, unit []events.Envelope, b *outgoi
 				b.plans = append(b.plans, msg)
 			}
 		}
-		for _, r := range scripts {
-			rec.Scripts = append(rec.Scripts, events.ScriptSummary{ID: r.ID, Server: r.Server, Backend: r.Backend, State: r.State})
+		for i, r := range scripts {
+			rec.Scripts = append(rec.Scripts, events.ScriptSummary{ID: r.ID, Server: r.Server, Backend: r.Backend, State: r.State, Async: sp.Scripts[i].Async})
 			b.records = append(b.records, r)
 		}
 	}

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
@@ -227,7 +230,7 @@ func newPlanCommand() *cobra.Command {
 }
 
 func newApplyCommand() *cobra.Command {
-	var file, output string
+	var file, output, wait string
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE",
 		Short: "Save and delete the objects of a YAML file as one unit of work",
@@ -235,8 +238,12 @@ func newApplyCommand() *cobra.Command {
 			"The whole file is one unit of work: every change is written, or none is. Use -f - for standard input.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			raw, printed, err := sendFile(cmd, file, output, "/v1/apply")
-			if err != nil || printed {
+			path := "/v1/apply"
+			if wait != "" {
+				path += "?wait=" + url.QueryEscape(wait)
+			}
+			raw, printed, err := sendFile(cmd, file, output, path)
+			if err != nil {
 				return err
 			}
 			var res struct {
@@ -249,23 +256,77 @@ func newApplyCommand() *cobra.Command {
 					Version uint64   `json:"version"`
 					Changed []string `json:"changed"`
 				} `json:"objects"`
+				Scripts  []scriptOutcome `json:"scripts"`
+				Complete *bool           `json:"complete"`
 			}
 			if err := json.Unmarshal(raw, &res); err != nil {
 				return err
 			}
-			w := cmd.OutOrStdout()
-			for _, o := range res.Objects {
-				fmt.Fprintf(w, "%s %s %s\n", o.Kind, o.Name, o.Result)
+			if !printed {
+				w := cmd.OutOrStdout()
+				for _, o := range res.Objects {
+					fmt.Fprintf(w, "%s %s %s\n", o.Kind, o.Name, o.Result)
+				}
+				if res.Unit != "" {
+					fmt.Fprintf(w, "unit %s committed at sequence %d\n", res.Unit, res.Sequence)
+				} else {
+					fmt.Fprintln(w, "nothing changed")
+				}
+				printOutcomes(w, res.Scripts, res.Complete != nil && !*res.Complete)
 			}
-			if res.Unit != "" {
-				fmt.Fprintf(w, "unit %s committed at sequence %d\n", res.Unit, res.Sequence)
-			} else {
-				fmt.Fprintln(w, "nothing changed")
-			}
-			return nil
+			return failedScripts(res.Scripts)
 		},
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "YAML file to apply (- for standard input)")
+	cmd.Flags().StringVar(&wait, "wait", "", "how long to wait for the scripts of synchronous routes (such as 2m; 0s: do not wait); default: the server's --apply-wait")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, json or yaml")
 	return cmd
+}
+
+// scriptOutcome is a script as an apply reports it.
+type scriptOutcome struct {
+	ID       string `json:"id"`
+	Server   string `json:"server"`
+	Backend  string `json:"backend"`
+	Async    bool   `json:"async"`
+	State    string `json:"state"`
+	ExitCode *int   `json:"exit_code"`
+	Reason   string `json:"reason"`
+}
+
+// printOutcomes prints a line per script: where, which backend, how it
+// ended (or that it is queued or still running).
+func printOutcomes(w io.Writer, scripts []scriptOutcome, cut bool) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, s := range scripts {
+		state := s.State
+		switch {
+		case s.Async && s.State == "RECEIVED":
+			state = "queued (async route)"
+		case s.State == "RECEIVED" && cut:
+			state = "still running when the wait ended"
+		case s.ExitCode != nil && *s.ExitCode > 0:
+			state += fmt.Sprintf(" (exit %d)", *s.ExitCode)
+		}
+		if s.Reason != "" {
+			state += ": " + s.Reason
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Server, s.Backend, state, s.ID)
+	}
+	tw.Flush()
+}
+
+// failedScripts is an error naming the scripts that did not succeed.
+func failedScripts(scripts []scriptOutcome) error {
+	var failed []string
+	for _, s := range scripts {
+		switch s.State {
+		case "FAILURE", "TIMEOUT", "ERROR", "ABORTED":
+			failed = append(failed, fmt.Sprintf("%s on %s %s", s.Backend, s.Server, s.State))
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%d script(s) did not succeed: %s", len(failed), strings.Join(failed, ", "))
 }

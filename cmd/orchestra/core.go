@@ -83,7 +83,7 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 		return nil, err
 	}
 	gw.Service, gw.Rows, gw.Model, gw.Planner, gw.Idempotency, gw.Logger = svc, db, c.runner, planner, db, log
-	gw.Scripts = bus
+	gw.Scripts, gw.Results = bus, planbus.Results{Bus: bus, Planner: c.dispatcher}
 	h, err := gateway.NewHandler(gw)
 	if err != nil {
 		return nil, err

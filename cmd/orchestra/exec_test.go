@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -62,7 +63,8 @@ func job(name, where string, sleep float64) string {
 	return fmt.Sprintf("kind: Resource\ntype: job\nname: %s\nattrs: {where: %s, sleep: %g}\n", name, where, sleep)
 }
 
-// applyText applies an apply document through the CLI.
+// applyText applies an apply document through the CLI, without waiting
+// for its scripts.
 func (p *process) applyText(t *testing.T, dir, doc string) {
 	t.Helper()
 	f, err := os.CreateTemp(dir, "apply-*.yml")
@@ -73,7 +75,7 @@ func (p *process) applyText(t *testing.T, dir, doc string) {
 		t.Fatal(err)
 	}
 	f.Close()
-	if out, errOut, code := p.cli(t, dir, "apply", "-f", f.Name()); code != 0 {
+	if out, errOut, code := p.cli(t, dir, "apply", "--wait", "0s", "-f", f.Name()); code != 0 {
 		t.Fatalf("apply exited %d: %s%s", code, out, errOut)
 	}
 }
@@ -377,6 +379,94 @@ func TestFIFOEndToEnd(t *testing.T) {
 	}
 	if total != units {
 		t.Fatalf("%d scripts ran, want %d", total, units)
+	}
+	p.stop(t, "http", "core", "nats-server")
+}
+
+// apply waits for the scripts of synchronous routes: it prints how each
+// ended and exits 1 when one failed; async routes' scripts are listed as
+// queued; a script still running when the wait ends is said so.
+func TestApplyWaitsForSyncScripts(t *testing.T) {
+	dir := t.TempDir()
+	p := startUp(t, "--data", filepath.Join(dir, ".orchestra"), "--nats-listen", "127.0.0.1:0")
+	p.waitReady(t)
+	model := `kind: Server
+name: box
+address: 127.0.0.1
+method: local
+---
+kind: Backend
+name: chk
+type: job
+actions:
+  save: |
+    echo checking {{ .name }}
+    sleep {{ .attrs.sleep }}
+    exit {{ .attrs.code }}
+---
+kind: Backend
+name: bg
+type: job
+actions:
+  save: echo later
+---
+kind: Route
+backend: chk
+server: box
+---
+kind: Route
+backend: bg
+server: box
+async: true
+`
+	apply := func(doc string, args ...string) (string, string, int) {
+		t.Helper()
+		f := filepath.Join(dir, "apply.yml")
+		if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p.cli(t, dir, append([]string{"apply", "-f", f}, args...)...)
+	}
+	res := func(name string, code int, sleep float64) string {
+		return fmt.Sprintf("kind: Resource\ntype: job\nname: %s\nattrs: {code: %d, sleep: %g}\n", name, code, sleep)
+	}
+
+	out, errOut, code := apply(model + "---\n" + res("good", 0, 0))
+	if code != 0 || !regexp.MustCompile(`box\s+chk\s+SUCCESS\s`).MatchString(out) || !regexp.MustCompile(`box\s+bg\s+queued \(async route\)`).MatchString(out) {
+		t.Fatalf("a passing apply exited %d:\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = apply(res("bad", 3, 0))
+	if code != 1 || !regexp.MustCompile(`box\s+chk\s+FAILURE \(exit 3\)`).MatchString(out) ||
+		!strings.Contains(errOut, "1 script(s) did not succeed: chk on box FAILURE") {
+		t.Fatalf("a failing apply exited %d:\n%s%s", code, out, errOut)
+	}
+	out, _, code = apply(res("bad2", 4, 0), "-o", "json")
+	var doc struct {
+		Scripts []struct {
+			Backend  string `json:"backend"`
+			State    string `json:"state"`
+			ExitCode *int   `json:"exit_code"`
+		} `json:"scripts"`
+		Complete bool `json:"complete"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil || code != 1 || !doc.Complete || len(doc.Scripts) != 2 {
+		t.Fatalf("-o json exited %d (%v):\n%s", code, err, out)
+	}
+	for _, s := range doc.Scripts {
+		if s.Backend == "chk" && (s.State != "FAILURE" || s.ExitCode == nil || *s.ExitCode != 4) {
+			t.Fatalf("-o json: %+v", s)
+		}
+	}
+	out, errOut, code = apply(res("slow", 0, 5), "--wait", "1s")
+	if code != 0 || !regexp.MustCompile(`box\s+chk\s+still running when the wait ended`).MatchString(out) {
+		t.Fatalf("a wait cut short exited %d:\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = apply(res("quick", 3, 0), "--wait", "0s")
+	if code != 0 || strings.Contains(out, "chk") {
+		t.Fatalf("--wait 0s exited %d:\n%s%s", code, out, errOut)
+	}
+	if _, errOut, code := apply(res("x", 0, 0), "--wait", "soon"); code != 1 || !strings.Contains(errOut, "wait") {
+		t.Fatalf("--wait soon exited %d: %s", code, errOut)
 	}
 	p.stop(t, "http", "core", "nats-server")
 }

@@ -41,6 +41,7 @@ type upConfig struct {
 	LogRetention time.Duration
 	LogLevel     string
 	LogFormat    string
+	ApplyWait    time.Duration
 	Exec         execFlags
 }
 
@@ -73,6 +74,9 @@ func (c upConfig) Validate() error {
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
+	}
+	if c.ApplyWait < 0 || c.ApplyWait > gateway.MaxApplyWait {
+		errs = append(errs, fmt.Errorf("--apply-wait: %s, want 0s to %s", c.ApplyWait, gateway.MaxApplyWait))
 	}
 	if c.Exec.AckWait < time.Second {
 		errs = append(errs, fmt.Errorf("--ack-wait: %s, want at least 1s", c.Exec.AckWait))
@@ -124,6 +128,7 @@ func newUpCommand(stderr io.Writer) *cobra.Command {
 	f.DurationVar(&c.Exec.ConnectTimeout, "connect-timeout", executor.DefaultConnectTimeout, "bound on connecting to a server over ssh, handshake included")
 	f.DurationVar(&c.Exec.AckWait, "ack-wait", executor.DefaultAckWait, "how long a plan stays with an executor that stopped answering before it runs again")
 	f.IntVar(&c.Exec.Parallel, "parallel", executor.DefaultParallel, "how many servers run a plan at once")
+	f.DurationVar(&c.ApplyWait, "apply-wait", gateway.DefaultApplyWait, "how long an apply waits for the scripts of its synchronous routes, unless the request says (?wait=); 0s answers at once")
 	f.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&c.LogFormat, "log-format", "text", "text or json")
 	return cmd
@@ -200,7 +205,10 @@ func up(ctx context.Context, c upConfig, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ready := make(chan struct{})
-	gw := gateway.Config{Ready: ready, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}
+	gw := gateway.Config{Ready: ready, Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ApplyWait: c.ApplyWait}
+	if c.ApplyWait == 0 {
+		gw.ApplyWait = -1 // answer at once unless a request asks
+	}
 	// Until the write model has caught up, a start-up handler answers
 	// health checks and 503 for the API; then the API takes its place.
 	var handler atomic.Pointer[http.Handler]

@@ -1,0 +1,100 @@
+package planbus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/gateway"
+)
+
+// Progress is how far the planner has got (projections.Dispatcher).
+type Progress interface {
+	WaitFor(ctx context.Context, seq uint64) error
+}
+
+// Results implements gateway.Results on the planner's unit records and the
+// executors' results.
+type Results struct {
+	Bus     *Bus
+	Planner Progress
+}
+
+var _ gateway.Results = Results{}
+
+// Await implements gateway.Results.
+func (r Results) Await(ctx context.Context, unit uuid.UUID, seq uint64) ([]gateway.ScriptOutcome, error) {
+	if err := r.Planner.WaitFor(ctx, seq); err != nil {
+		return nil, fmt.Errorf("the planner did not reach sequence %d: %w", seq, err)
+	}
+	var rec events.UnitPlanned
+	msg, err := r.Bus.results.GetLastMsgForSubject(ctx, events.UnitSubject(unit, rec.ResultType()))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil // nothing to run
+	}
+	if err != nil {
+		return nil, fmt.Errorf("unit %s: %w", unit, err)
+	}
+	if err := json.Unmarshal(msg.Data, &rec); err != nil {
+		return nil, fmt.Errorf("unit %s: %w", unit, err)
+	}
+	out := make([]gateway.ScriptOutcome, len(rec.Scripts))
+	pending := map[uuid.UUID]int{}
+	var subjects []string
+	for i, s := range rec.Scripts {
+		out[i] = gateway.ScriptOutcome{ID: s.ID, Server: s.Server, Backend: s.Backend, Async: s.Async, State: s.State}
+		if s.Async || s.State != events.StateReceived {
+			continue
+		}
+		subject, err := events.ScriptSubject(s.Server, s.ID, events.ScriptFinished{}.ResultType())
+		if err != nil {
+			return out, err
+		}
+		subjects = append(subjects, subject)
+		pending[s.ID] = i
+	}
+	if len(pending) == 0 {
+		return out, nil
+	}
+	// A consumer of the stream, not a subscription: a result being stored
+	// while we look is neither delivered to a new subscription nor found
+	// yet by a look-up, but a consumer of the last message per subject
+	// sees it either way.
+	cons, err := r.Bus.results.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
+	})
+	if err != nil {
+		return out, fmt.Errorf("unit %s: %w", unit, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return out, fmt.Errorf("unit %s: %w", unit, err)
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	for len(pending) > 0 {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return out, ctx.Err()
+			}
+			return out, fmt.Errorf("unit %s: %w", unit, err)
+		}
+		var fin events.ScriptFinished
+		if json.Unmarshal(m.Data(), &fin) != nil {
+			continue
+		}
+		if i, ok := pending[fin.ID]; ok {
+			code := fin.ExitCode
+			out[i].State, out[i].ExitCode, out[i].Reason = fin.State, &code, fin.Reason
+			delete(pending, fin.ID)
+		}
+	}
+	return out, nil
+}
