@@ -172,7 +172,10 @@ func killedExecutor(t *testing.T, box string, flags ...string) {
 	args := append([]string{"--data", data, "--nats-listen", "127.0.0.1:0", "--ack-wait", "2s"}, flags...)
 	p := startUp(t, args...)
 	p.waitReady(t)
-	p.applyText(t, dir, stepModel(log, box)+"---\n"+job("a", "box", 4))
+	// Script a sleeps 6 s: over ssh its first attempt, left running, would
+	// write its end after the second attempt began (about 2 s after the
+	// kill) were it not killed then.
+	p.applyText(t, dir, stepModel(log, box)+"---\n"+job("a", "box", 6))
 	waitFile(t, log, "box a start")
 	p.applyText(t, dir, job("b", "box", 0))
 	_, js := connect(t, p)
