@@ -109,6 +109,7 @@ func Routes() []Route {
 		Route{"DELETE", "/v1/resources/{type}/{name}", res.role, res.delete(resName)},
 		Route{"POST", "/v1/resources/{type}/{name}/actions/{action}", services.RoleOperator, (*api).action},
 		Route{"POST", "/v1/servers/{name}/sync", services.RoleOperator, (*api).sync},
+		Route{"GET", "/v1/scripts/{id}", services.RoleViewer, (*api).script},
 		Route{"POST", "/v1/scripts/{id}/retry", services.RoleOperator, (*api).retry},
 		Route{"POST", "/v1/apply", services.RoleOperator, (*api).apply},
 		Route{"POST", "/v1/plan", services.RoleOperator, (*api).plan},

@@ -15,11 +15,14 @@ import (
 	"github.com/orchestra-fleet/orchestra/services"
 )
 
-// ScriptLog finds the planner's record of a script.
+// ScriptLog finds what is known of a script.
 type ScriptLog interface {
-	// Script returns the record, or an error wrapping
+	// Script returns the planner's record, or an error wrapping
 	// projections.ErrNotFound.
 	Script(ctx context.Context, id uuid.UUID) (events.ScriptPlanned, error)
+	// Log returns the script's log: the record and its latest attempt,
+	// or an error wrapping projections.ErrNotFound.
+	Log(ctx context.Context, id uuid.UUID) (projections.ScriptLog, error)
 }
 
 // Requests ask the planner for work: they answer 202 Accepted with the
@@ -52,13 +55,40 @@ func (a *api) sync(w http.ResponseWriter, r *http.Request, p services.Principal)
 	return nil
 }
 
+// scriptID is the script id in the path.
+func scriptID(r *http.Request) (uuid.UUID, error) {
+	id, err := uuid.Parse(r.PathValue("id"))
+	if err != nil {
+		return id, services.FieldErrorf(services.EINVALID, "id", "%q is not a script id (a UUID)", r.PathValue("id"))
+	}
+	return id, nil
+}
+
+// script answers a script's log: where and how it ran, its script
+// (secrets masked) and the tails of its output.
+func (a *api) script(w http.ResponseWriter, r *http.Request, _ services.Principal) error {
+	id, err := scriptID(r)
+	if err != nil {
+		return err
+	}
+	log, err := a.scripts.Log(r.Context(), id)
+	if errors.Is(err, projections.ErrNotFound) {
+		return services.Errorf(services.ENOTFOUND, "script %s does not exist, or its record has expired", id)
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, log)
+	return nil
+}
+
 func (a *api) retry(w http.ResponseWriter, r *http.Request, p services.Principal) error {
 	if err := optionalBody(r, &struct{}{}); err != nil {
 		return err
 	}
-	id, err := uuid.Parse(r.PathValue("id"))
+	id, err := scriptID(r)
 	if err != nil {
-		return services.FieldErrorf(services.EINVALID, "id", "%q is not a script id (a UUID)", r.PathValue("id"))
+		return err
 	}
 	rec, err := a.scripts.Script(r.Context(), id)
 	if errors.Is(err, projections.ErrNotFound) {

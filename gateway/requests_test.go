@@ -350,3 +350,48 @@ func TestRetryRequest(t *testing.T) {
 		}
 	})
 }
+
+// TestScriptLog reads a script's log: the planner's record folded with
+// what an executor reported of its attempts.
+func TestScriptLog(t *testing.T) {
+	e := newEnv(t)
+	e.resetFixtures(t)
+	ctx := context.Background()
+	id := uuid.New()
+	publish := func(r events.Result) {
+		t.Helper()
+		subject, err := events.ScriptSubject("web1", id, r.ResultType())
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := json.Marshal(r)
+		if _, err := e.JS.Publish(ctx, subject, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now().UTC()
+	publish(&events.ScriptPlanned{ID: id, Unit: id, Server: "web1", Backend: "vhost", State: events.StateReceived, Script: "echo ****", Time: now,
+		Operations: []events.OperationRef{{Backend: "vhost", Action: "save", Type: "website", Name: "shop"}}})
+	publish(&events.ScriptStarted{ID: id, Server: "web1", Attempt: 1, Time: now})
+	publish(&events.ScriptOutput{ID: id, Attempt: 1, Stream: events.Stdout, Data: []byte("lost with attempt 1\n")})
+	publish(&events.ScriptStarted{ID: id, Server: "web1", Attempt: 2, Executor: "local on test", Time: now})
+	publish(&events.ScriptOutput{ID: id, Attempt: 2, Stream: events.Stdout, Data: []byte("hello\n")})
+	publish(&events.ScriptOutput{ID: id, Attempt: 2, Stream: events.Stderr, Data: []byte("warn\n")})
+	publish(&events.ScriptFinished{ID: id, Server: "web1", Attempt: 2, State: events.StateFailure, ExitCode: 2, Stdout: 6, Stderr: 5, Time: now})
+
+	body := e.call(t, "GET", "/v1/scripts/"+id.String(), e.viewer, nil, nil).want(t, http.StatusOK)
+	for field, want := range map[string]any{"state": "FAILURE", "exit_code": 2.0, "attempt": 2.0, "stdout": "hello\n", "stderr": "warn\n",
+		"script": "echo ****", "executor": "local on test", "server": "web1", "stdout_bytes": 6.0} {
+		if body[field] != want {
+			t.Errorf("%s = %v, want %v", field, body[field], want)
+		}
+	}
+	if ops, _ := body["operations"].([]any); len(ops) != 1 {
+		t.Errorf("operations %v", body["operations"])
+	}
+	e.call(t, "GET", "/v1/scripts/"+uuid.NewString(), e.viewer, nil, nil).want(t, http.StatusNotFound)
+	bad := e.call(t, "GET", "/v1/scripts/nope", e.viewer, nil, nil)
+	if bad.Status != http.StatusUnprocessableEntity || !strings.Contains(string(bad.Raw), `"id"`) {
+		t.Errorf("a bad id: %d %s", bad.Status, bad.Raw)
+	}
+}

@@ -328,5 +328,5 @@ func failedScripts(scripts []scriptOutcome) error {
 	if len(failed) == 0 {
 		return nil
 	}
-	return fmt.Errorf("%d script(s) did not succeed: %s", len(failed), strings.Join(failed, ", "))
+	return fmt.Errorf("%d script(s) did not succeed: %s (orchestra scripts show ID prints a log)", len(failed), strings.Join(failed, ", "))
 }

@@ -443,6 +443,20 @@ async: true
 		!strings.Contains(errOut, "1 script(s) did not succeed: chk on box FAILURE") {
 		t.Fatalf("a failing apply exited %d:\n%s%s", code, out, errOut)
 	}
+	// Its log: state, exit code, the script and its output.
+	m := regexp.MustCompile(`FAILURE \(exit 3\)\s+([0-9a-f-]{36})`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no script id in:\n%s", out)
+	}
+	show, errOut, code := p.cli(t, dir, "scripts", "show", m[1])
+	for _, want := range []string{"state     FAILURE (exit 3)", "attempt   1 by local on ", "operation save job/bad", "--- script\nset -e", "echo checking 'bad'", "--- stdout\nchecking bad\n"} {
+		if code != 0 || !strings.Contains(show, want) {
+			t.Fatalf("scripts show exited %d, without %q:\n%s%s", code, want, show, errOut)
+		}
+	}
+	if _, errOut, code := p.cli(t, dir, "scripts", "show", "0192f1e0-6b1a-7c3e-9d2f-000000000000"); code != 1 || !strings.Contains(errOut, "does not exist") {
+		t.Fatalf("scripts show of an unknown script exited %d: %s", code, errOut)
+	}
 	out, _, code = apply(res("bad2", 4, 0), "-o", "json")
 	var doc struct {
 		Scripts []struct {

@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/orchestra-fleet/orchestra/projections"
 	"github.com/orchestra-fleet/orchestra/services"
 )
 
@@ -86,8 +89,86 @@ func newScriptsCommand() *cobra.Command {
 		},
 	}
 	retry.Flags().StringVarP(&output, "output", "o", "text", "text or json")
-	cmd.AddCommand(retry)
+	cmd.AddCommand(retry, newScriptShowCommand())
 	return cmd
+}
+
+func newScriptShowCommand() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "show ID",
+		Short: "Show a script's log: where and how it ran, the script (secrets masked) and its output",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			c, err := newClient()
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := c.do(cmd.Context(), "GET", "/v1/scripts/"+url.PathEscape(args[0]), nil, &raw); err != nil {
+				return err
+			}
+			if output != "table" {
+				return printData(cmd.OutOrStdout(), output, raw)
+			}
+			var l projections.ScriptLog
+			if err := json.Unmarshal(raw, &l); err != nil {
+				return err
+			}
+			printScriptLog(cmd.OutOrStdout(), l)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table (text), json or yaml")
+	return cmd
+}
+
+// printScriptLog prints a script's log for a person.
+func printScriptLog(w io.Writer, l projections.ScriptLog) {
+	state := l.State
+	if l.ExitCode != nil && *l.ExitCode >= 0 && l.Finished != nil {
+		state += fmt.Sprintf(" (exit %d)", *l.ExitCode)
+	}
+	fmt.Fprintf(w, "script    %s\nunit      %s\nserver    %s\nbackend   %s\nstate     %s\n", l.ID, l.Unit, l.Server, l.Backend, state)
+	if l.Reason != "" {
+		fmt.Fprintf(w, "reason    %s\n", l.Reason)
+	}
+	if l.Attempt > 0 {
+		fmt.Fprintf(w, "attempt   %d by %s\n", l.Attempt, l.Executor)
+	}
+	if l.Started != nil {
+		line := l.Started.Format(time.RFC3339)
+		if l.Finished != nil {
+			line += fmt.Sprintf(", ran %s", l.Finished.Sub(*l.Started).Round(time.Millisecond))
+		}
+		fmt.Fprintf(w, "started   %s\n", line)
+	}
+	for _, op := range l.Operations {
+		fmt.Fprintf(w, "operation %s %s/%s\n", op.Action, op.Type, op.Name)
+	}
+	section := func(name, text string, size int64) {
+		if text == "" && size == 0 {
+			return
+		}
+		header := "--- " + name
+		if size > int64(len(text)) {
+			header += fmt.Sprintf(" (last %d of %d bytes)", len(text), size)
+		}
+		fmt.Fprintln(w, header)
+		fmt.Fprint(w, text)
+		if !strings.HasSuffix(text, "\n") {
+			fmt.Fprintln(w)
+		}
+	}
+	section("script", l.Script, 0)
+	section("stdout", l.Stdout, l.StdoutBytes)
+	section("stderr", l.Stderr, l.StderrBytes)
+	if l.Object != "" {
+		fmt.Fprintf(w, "whole output: objects %s/stdout and %s/stderr of bucket orchestra-output\n", l.Object, l.Object)
+	}
 }
 
 // request POSTs body to path and prints the answer: as JSON, or with text.

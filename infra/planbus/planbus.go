@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
@@ -204,4 +205,47 @@ func (b *Bus) Script(ctx context.Context, id uuid.UUID) (events.ScriptPlanned, e
 		return rec, fmt.Errorf("script %s: %w", id, err)
 	}
 	return rec, nil
+}
+
+// Log folds every result RESULTS holds about a script into its log; it
+// wraps projections.ErrNotFound when the planner's record is gone (never
+// planned, or expired).
+func (b *Bus) Log(ctx context.Context, id uuid.UUID) (projections.ScriptLog, error) {
+	var log projections.ScriptLog
+	cons, err := b.results.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.ScriptFilter(id, ">")}})
+	if err != nil {
+		return log, fmt.Errorf("script %s: %w", id, err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return log, fmt.Errorf("script %s: %w", id, err)
+	}
+	planned := false
+	for range info.NumPending {
+		msg, err := cons.Next(jetstream.FetchContext(ctx))
+		if err != nil {
+			return log, fmt.Errorf("script %s: %w", id, err)
+		}
+		var r events.Result
+		switch subject := msg.Subject(); {
+		case strings.HasSuffix(subject, ".ScriptPlanned"):
+			r, planned = &events.ScriptPlanned{}, true
+		case strings.HasSuffix(subject, ".ScriptStarted"):
+			r = &events.ScriptStarted{}
+		case strings.HasSuffix(subject, ".ScriptOutput"):
+			r = &events.ScriptOutput{}
+		case strings.HasSuffix(subject, ".ScriptFinished"):
+			r = &events.ScriptFinished{}
+		default:
+			continue
+		}
+		if err := json.Unmarshal(msg.Data(), r); err != nil {
+			return log, fmt.Errorf("script %s: %s: %w", id, msg.Subject(), err)
+		}
+		log.Fold(r)
+	}
+	if !planned {
+		return log, fmt.Errorf("script %s: %w", id, projections.ErrNotFound)
+	}
+	return log, nil
 }
