@@ -80,22 +80,8 @@ func TestFIFOUnderStress(t *testing.T) {
 func (r *rig) committedUnits(server string) []string {
 	r.t.Helper()
 	subject, _ := events.ExecSubject(server)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cons, err := r.env.JS.OrderedConsumer(ctx, events.StreamExec, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		r.t.Fatal(err)
-	}
 	var units []string
-	for range info.NumPending {
-		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-		if err != nil {
-			r.t.Fatal(err)
-		}
+	for _, msg := range r.messages(events.StreamExec, subject) {
 		var p events.Plan
 		if err := json.Unmarshal(msg.Data(), &p); err != nil {
 			r.t.Fatal(err)

@@ -3,8 +3,6 @@ package executor_test
 import (
 	"bytes"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -57,22 +55,14 @@ func TestLocalTimeoutKillsTheProcessGroup(t *testing.T) {
 	r := newRig(t, localConfig())
 	r.save(localServer("slow"))
 	r.save(localServer("fast"))
-	marker := filepath.Join(t.TempDir(), "child-survived")
-	// The child would write the marker after 3s; the kill at 1s reaches it.
-	hang := script("hang", fmt.Sprintf("(sleep 3; touch %s) &\nsleep 600\n", marker), "1s")
-	r.send("slow", hang)
-	after := script("after", "echo next", "1m")
-	r.send("slow", after)
+	hang, after, marker := r.hangingPlans("slow")
 	var others []events.PlanScript
 	for range 3 {
 		s := script("quick", "true", "1m")
 		others = append(others, s)
 		r.send("fast", s)
 	}
-	fin := r.finished("slow", hang.ID)
-	if fin.State != events.StateTimeout || fin.Reason != "ran past 1s" || fin.ExitCode != -1 {
-		t.Fatalf("hang: %+v", fin)
-	}
+	r.timedOut("slow", hang, after, marker)
 	// The other server was not held up: its scripts were stored first.
 	hangSeq := r.results("slow", hang.ID)
 	for _, s := range others {
@@ -80,14 +70,6 @@ func TestLocalTimeoutKillsTheProcessGroup(t *testing.T) {
 		if last := rs[len(rs)-1]; last.seq > hangSeq[len(hangSeq)-1].seq {
 			t.Fatalf("a script on another server finished after the hung one")
 		}
-	}
-	// The server's next plan runs once the hung one is killed.
-	if fin := r.finished("slow", after.ID); fin.State != events.StateSuccess {
-		t.Fatalf("after: %+v", fin)
-	}
-	time.Sleep(2500 * time.Millisecond)
-	if _, err := os.Stat(marker); err == nil {
-		t.Fatal("a child of the timed-out script survived the kill")
 	}
 }
 

@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -147,13 +150,12 @@ type result struct {
 	v    any
 }
 
-// results reads every message RESULTS holds about a script, in order.
-func (r *rig) results(server string, id uuid.UUID) []result {
+// messages reads every message a stream holds under subject, in order.
+func (r *rig) messages(stream, subject string) []jetstream.Msg {
 	r.t.Helper()
-	subject, _ := events.ScriptSubject(server, id, ">")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cons, err := r.env.JS.OrderedConsumer(ctx, events.StreamResults, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	cons, err := r.env.JS.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -161,12 +163,23 @@ func (r *rig) results(server string, id uuid.UUID) []result {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	var out []result
-	for pending := info.NumPending; pending > 0; pending-- {
+	var out []jetstream.Msg
+	for range info.NumPending {
 		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
 		if err != nil {
 			r.t.Fatal(err)
 		}
+		out = append(out, msg)
+	}
+	return out
+}
+
+// results reads every message RESULTS holds about a script, in order.
+func (r *rig) results(server string, id uuid.UUID) []result {
+	r.t.Helper()
+	subject, _ := events.ScriptSubject(server, id, ">")
+	var out []result
+	for _, msg := range r.messages(events.StreamResults, subject) {
 		meta, _ := msg.Metadata()
 		kind := msg.Subject()[len(msg.Subject())-len(lastToken(msg.Subject())):]
 		var v any
@@ -282,4 +295,33 @@ func uuidOf(t testing.TB, s string) uuid.UUID {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// hangingPlans queues on server a script that starts a child and hangs
+// past its 1s timeout, then a script that must run after it. The child
+// would create the returned marker after 3s unless the kill reaches it.
+func (r *rig) hangingPlans(server string) (hang, after events.PlanScript, marker string) {
+	r.t.Helper()
+	marker = filepath.Join(r.t.TempDir(), "child-survived")
+	hang = script("hang", fmt.Sprintf("(sleep 3; touch %s) &\nsleep 600\n", marker), "1s")
+	r.send(server, hang)
+	after = script("after", "echo next", "1m")
+	r.send(server, after)
+	return hang, after, marker
+}
+
+// timedOut checks what hangingPlans queued: the hung script ended TIMEOUT,
+// the next one ran, and the child died with the hung one.
+func (r *rig) timedOut(server string, hang, after events.PlanScript, marker string) {
+	r.t.Helper()
+	if fin := r.finished(server, hang.ID); fin.State != events.StateTimeout || fin.Reason != "ran past 1s" || fin.ExitCode != -1 {
+		r.t.Fatalf("hang: %+v", fin)
+	}
+	if fin := r.finished(server, after.ID); fin.State != events.StateSuccess {
+		r.t.Fatalf("after: %+v", fin)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	if _, err := os.Stat(marker); err == nil {
+		r.t.Fatal("a child of the timed-out script survived the kill")
+	}
 }

@@ -2,10 +2,7 @@ package executor_test
 
 import (
 	"context"
-	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -97,21 +94,8 @@ func TestSSHTimeoutKillsTheScript(t *testing.T) {
 	sshd := sshdtest.Start(t)
 	r := newSSHRig(t, sshd, true)
 	r.save(r.sshServer("web1", sshd.Addrs[0]))
-	marker := filepath.Join(t.TempDir(), "survived")
-	hang := script("hang", fmt.Sprintf("(sleep 3; touch %s) &\nsleep 600\n", marker), "1s")
-	r.send("web1", hang)
-	after := script("after", "echo next", "1m")
-	r.send("web1", after)
-	if fin := r.finished("web1", hang.ID); fin.State != events.StateTimeout || fin.Reason != "ran past 1s" {
-		t.Fatalf("hang: %+v", fin)
-	}
-	if fin := r.finished("web1", after.ID); fin.State != events.StateSuccess {
-		t.Fatalf("after: %+v", fin)
-	}
-	time.Sleep(2500 * time.Millisecond)
-	if _, err := os.Stat(marker); err == nil {
-		t.Fatal("a child of the timed-out script survived the kill")
-	}
+	hang, after, marker := r.hangingPlans("web1")
+	r.timedOut("web1", hang, after, marker)
 }
 
 func TestSSHFailuresNameTheirCause(t *testing.T) {
