@@ -64,6 +64,15 @@ func scriptID(r *http.Request) (uuid.UUID, error) {
 	return id, nil
 }
 
+// scriptErr is the error of a failed look-up of script id: a 404 naming
+// it when it is not there.
+func scriptErr(id uuid.UUID, err error) error {
+	if errors.Is(err, projections.ErrNotFound) {
+		return services.Errorf(services.ENOTFOUND, "script %s does not exist, or its record has expired", id)
+	}
+	return err
+}
+
 // script answers a script's log: where and how it ran, its script
 // (secrets masked) and the tails of its output.
 func (a *api) script(w http.ResponseWriter, r *http.Request, _ services.Principal) error {
@@ -72,11 +81,8 @@ func (a *api) script(w http.ResponseWriter, r *http.Request, _ services.Principa
 		return err
 	}
 	log, err := a.scripts.Log(r.Context(), id)
-	if errors.Is(err, projections.ErrNotFound) {
-		return services.Errorf(services.ENOTFOUND, "script %s does not exist, or its record has expired", id)
-	}
 	if err != nil {
-		return err
+		return scriptErr(id, err)
 	}
 	writeJSON(w, http.StatusOK, log)
 	return nil
@@ -91,11 +97,8 @@ func (a *api) retry(w http.ResponseWriter, r *http.Request, p services.Principal
 		return err
 	}
 	rec, err := a.scripts.Script(r.Context(), id)
-	if errors.Is(err, projections.ErrNotFound) {
-		return services.Errorf(services.ENOTFOUND, "script %s does not exist, or its record has expired", id)
-	}
 	if err != nil {
-		return err
+		return scriptErr(id, err)
 	}
 	res, err := a.svc.Retry(r.Context(), p, id, rec.Operations)
 	if err != nil {
