@@ -55,7 +55,8 @@ type api struct {
 	rows     Reader
 	model    Waiter
 	planner  Previewer
-	scripts  ScriptLog
+	records  PlanRecords
+	logs     Logs
 	results  Results
 	wait     time.Duration
 	idem     IdempotencyStore
@@ -109,7 +110,11 @@ func Routes() []Route {
 		Route{"DELETE", "/v1/resources/{type}/{name}", res.role, res.delete(resName)},
 		Route{"POST", "/v1/resources/{type}/{name}/actions/{action}", services.RoleOperator, (*api).action},
 		Route{"POST", "/v1/servers/{name}/sync", services.RoleOperator, (*api).sync},
+		Route{"GET", "/v1/servers/{name}/status", services.RoleViewer, (*api).serverStatus},
+		Route{"GET", "/v1/resources/{type}/{name}/history", services.RoleViewer, (*api).history},
+		Route{"GET", "/v1/scripts", services.RoleViewer, (*api).listScripts},
 		Route{"GET", "/v1/scripts/{id}", services.RoleViewer, (*api).script},
+		Route{"GET", "/v1/units/{id}", services.RoleViewer, (*api).unit},
 		Route{"POST", "/v1/scripts/{id}/retry", services.RoleOperator, (*api).retry},
 		Route{"POST", "/v1/apply", services.RoleOperator, (*api).apply},
 		Route{"POST", "/v1/plan", services.RoleOperator, (*api).plan},
@@ -157,6 +162,7 @@ func (a *api) authenticate(r *http.Request) (services.Principal, error) {
 // statuses maps the error vocabulary to HTTP, in one place.
 var statuses = map[string]int{
 	services.EINVALID:      http.StatusUnprocessableEntity,
+	services.EBADREQUEST:   http.StatusBadRequest,
 	services.ECONFLICT:     http.StatusConflict,
 	services.ENOTFOUND:     http.StatusNotFound,
 	services.EUNAUTHORIZED: http.StatusUnauthorized,
@@ -168,6 +174,7 @@ var statuses = map[string]int{
 
 var titles = map[string]string{
 	services.EINVALID:      "Invalid input",
+	services.EBADREQUEST:   "Bad request",
 	services.ECONFLICT:     "Conflict",
 	services.ENOTFOUND:     "Not found",
 	services.EUNAUTHORIZED: "Unauthorized",
@@ -448,7 +455,7 @@ func (a *api) awaitRead(r *http.Request) error {
 	if raw != "" {
 		v, err := strconv.ParseUint(raw, 10, 64)
 		if err != nil {
-			return services.FieldErrorf(services.EINVALID, "sequence", "%q is not a stream sequence", raw)
+			return services.FieldErrorf(services.EBADREQUEST, "sequence", "%q is not a stream sequence", raw)
 		}
 		want = v
 	}
@@ -498,19 +505,15 @@ func (k kindEndpoint) list(group func(*http.Request) string) func(*api, http.Res
 
 func (a *api) listRows(w http.ResponseWriter, r *http.Request, table, group string) error {
 	q := r.URL.Query()
-	limit := DefaultPageSize
-	if s := q.Get("limit"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 || n > MaxPageSize {
-			return services.FieldErrorf(services.EINVALID, "limit", "%q is not a number from 1 to %d", s, MaxPageSize)
-		}
-		limit = n
+	limit, err := pageLimit(q)
+	if err != nil {
+		return err
 	}
 	after := ""
 	if c := q.Get("after"); c != "" {
 		b, err := base64.RawURLEncoding.DecodeString(c)
 		if err != nil {
-			return services.FieldErrorf(services.EINVALID, "after", "is not a cursor this API gave")
+			return services.FieldErrorf(services.EBADREQUEST, "after", "is not a cursor this API gave")
 		}
 		after = string(b)
 	}

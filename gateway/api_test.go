@@ -336,7 +336,7 @@ func TestReadYourWrites(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"abc", "-1", "1.5"} {
-		p := e.call(t, "GET", "/v1/servers?sequence="+bad, e.viewer, nil, nil).want(t, http.StatusUnprocessableEntity)
+		p := e.call(t, "GET", "/v1/servers?sequence="+bad, e.viewer, nil, nil).want(t, http.StatusBadRequest)
 		if p["field"] != "sequence" {
 			t.Errorf("sequence=%s: field = %v", bad, p["field"])
 		}
@@ -423,7 +423,7 @@ func TestPagination(t *testing.T) {
 	for _, c := range []struct{ query, field string }{
 		{"limit=0", "limit"}, {"limit=1001", "limit"}, {"limit=ten", "limit"}, {"after=%25%25%25", "after"},
 	} {
-		p := e.call(t, "GET", "/v1/resources/page?"+c.query, e.viewer, nil, nil).want(t, http.StatusUnprocessableEntity)
+		p := e.call(t, "GET", "/v1/resources/page?"+c.query, e.viewer, nil, nil).want(t, http.StatusBadRequest)
 		if p["field"] != c.field {
 			t.Errorf("%s: field = %v, want %s", c.query, p["field"], c.field)
 		}
@@ -480,9 +480,9 @@ func TestBadInputNamesTheField(t *testing.T) {
 		{"bad method", "POST", "/v1/servers", obj{"name": "web9", "address": "127.0.0.1", "method": "telnet"}, nil, 422, "method"},
 		{"bad port", "POST", "/v1/servers", obj{"name": "web9", "address": "127.0.0.1", "port": 70000}, nil, 422, "port"},
 		{"bad host key", "POST", "/v1/servers", obj{"name": "web9", "address": "127.0.0.1", "host_key": "ssh-ed25519 !!!"}, nil, 422, "host_key"},
-		{"bad wait", "POST", "/v1/apply?wait=forever", obj{"objects": []obj{{"kind": "Server", "name": "web9", "address": "127.0.0.1"}}}, nil, 422, "wait"},
-		{"wait too long", "POST", "/v1/apply?wait=11m", obj{"objects": []obj{{"kind": "Server", "name": "web9", "address": "127.0.0.1"}}}, nil, 422, "wait"},
-		{"negative wait", "POST", "/v1/apply?wait=-1s", obj{"objects": []obj{{"kind": "Server", "name": "web9", "address": "127.0.0.1"}}}, nil, 422, "wait"},
+		{"bad wait", "POST", "/v1/apply?wait=forever", obj{"objects": []obj{{"kind": "Server", "name": "web9", "address": "127.0.0.1"}}}, nil, 400, "wait"},
+		{"wait too long", "POST", "/v1/apply?wait=11m", obj{"objects": []obj{{"kind": "Server", "name": "web9", "address": "127.0.0.1"}}}, nil, 400, "wait"},
+		{"negative wait", "POST", "/v1/apply?wait=-1s", obj{"objects": []obj{{"kind": "Server", "name": "web9", "address": "127.0.0.1"}}}, nil, 400, "wait"},
 		{"bad attribute key", "POST", "/v1/resources/website", obj{"name": "a", "attrs": obj{"bad-key": 1}}, nil, 422, "attrs.bad-key"},
 		{"attrs not an object", "POST", "/v1/resources/website", obj{"name": "a", "attrs": []int{1}}, nil, 422, "attrs"},
 		{"secret and attribute", "POST", "/v1/resources/website", obj{"name": "a", "attrs": obj{"k": 1}, "secrets": obj{"k": "v"}}, nil, 422, "secrets.k"},
@@ -493,8 +493,8 @@ func TestBadInputNamesTheField(t *testing.T) {
 		{"bad token role", "POST", "/v1/tokens", obj{"name": "t1", "role": "root"}, nil, 422, "role"},
 		{"bad token name", "POST", "/v1/tokens", obj{"name": "a/b", "role": "viewer"}, nil, 422, "name"},
 		{"unknown token field", "POST", "/v1/tokens", obj{"name": "t1", "role": "viewer", "ttl": 3}, nil, 422, "ttl"},
-		{"bad sequence", "GET", "/v1/servers/web1?sequence=soon", nil, nil, 422, "sequence"},
-		{"bad limit", "GET", "/v1/routes?limit=-1", nil, nil, 422, "limit"},
+		{"bad sequence", "GET", "/v1/servers/web1?sequence=soon", nil, nil, 400, "sequence"},
+		{"bad limit", "GET", "/v1/routes?limit=-1", nil, nil, 400, "limit"},
 		{"last admin token", "DELETE", "/v1/tokens/admin", nil, nil, 409, ""},
 		{"missing token", "DELETE", "/v1/tokens/nobody", nil, nil, 404, ""},
 		{"server in use", "DELETE", "/v1/servers/web1", nil, nil, 409, ""},

@@ -65,7 +65,7 @@ func (a *api) applyWait(r *http.Request) (time.Duration, error) {
 		}
 	}
 	if err != nil || d < 0 || d > MaxApplyWait {
-		return 0, services.FieldErrorf(services.EINVALID, "wait", "%q is not a duration from 0s to %s (such as 30s)", raw, MaxApplyWait)
+		return 0, services.FieldErrorf(services.EBADREQUEST, "wait", "%q is not a duration from 0s to %s (such as 30s)", raw, MaxApplyWait)
 	}
 	return d, nil
 }

@@ -27,7 +27,8 @@ type Config struct {
 	Rows    Reader
 	Model   Waiter
 	Planner Previewer
-	Scripts ScriptLog
+	Scripts PlanRecords
+	Logs    Logs
 	// Results lets an apply wait for its scripts; without it an apply
 	// answers at once.
 	Results     Results
@@ -75,6 +76,9 @@ func (c Config) Validate() error {
 	if c.Planner == nil {
 		errs = append(errs, errors.New("gateway: Planner is required with Service"))
 	}
+	if c.Logs == nil {
+		errs = append(errs, errors.New("gateway: Logs is required with Service"))
+	}
 	if c.Scripts == nil {
 		errs = append(errs, errors.New("gateway: Scripts is required with Service"))
 	}
@@ -115,7 +119,7 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		return mux, nil
 	}
 	a := &api{
-		svc: cfg.Service, rows: cfg.Rows, model: cfg.Model, planner: cfg.Planner, scripts: cfg.Scripts, idem: cfg.Idempotency,
+		svc: cfg.Service, rows: cfg.Rows, model: cfg.Model, planner: cfg.Planner, records: cfg.Scripts, logs: cfg.Logs, idem: cfg.Idempotency,
 		log: cfg.Logger, readWait: cfg.ReadWait, now: cfg.Now, results: cfg.Results, wait: cfg.ApplyWait,
 	}
 	for _, rt := range Routes() {

@@ -46,6 +46,26 @@ func (o *operation) Role() string { return o.str("x-orchestra-role") }
 // ExamplePath is the operation's x-orchestra-example-path.
 func (o *operation) ExamplePath() string { return o.str("x-orchestra-example-path") }
 
+// hasParam reports whether one of op's parameters satisfies pred.
+func hasParam(doc *openAPI, op *operation, pred func(map[string]any) bool) bool {
+	params, _ := op.raw["parameters"].([]any)
+	for _, p := range params {
+		if pv, err := doc.resolve(p); err == nil {
+			if pm, ok := pv.(map[string]any); ok && pred(pm) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// schemaFormat is the format of a parameter's schema, "" if none.
+func schemaFormat(p map[string]any) string {
+	s, _ := p["schema"].(map[string]any)
+	f, _ := s["format"].(string)
+	return f
+}
+
 var httpMethods = []string{"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 // parseOpenAPI decodes the document and lists its operations, sorted by
@@ -582,8 +602,13 @@ func TestOpenAPIDocumentIsWellFormed(t *testing.T) {
 			if role != services.RoleViewer {
 				want = append(want, "403")
 			}
-			if op.Method != "GET" || op.Path != "/v1/openapi.json" {
+			// A body, or an id in the path, can be invalid (422); a query
+			// parameter or Orchestra-Min-Sequence malformed (400).
+			if op.Method != "GET" || hasParam(doc, op, func(p map[string]any) bool { return p["in"] == "path" && schemaFormat(p) == "uuid" }) {
 				want = append(want, "422")
+			}
+			if hasParam(doc, op, func(p map[string]any) bool { return p["in"] == "query" || p["name"] == "Orchestra-Min-Sequence" }) {
+				want = append(want, "400")
 			}
 			if op.Method != "GET" {
 				want = append(want, "409", "413")

@@ -15,14 +15,11 @@ import (
 	"github.com/orchestra-fleet/orchestra/services"
 )
 
-// ScriptLog finds what is known of a script.
-type ScriptLog interface {
+// PlanRecords finds the planner's record of a script.
+type PlanRecords interface {
 	// Script returns the planner's record, or an error wrapping
 	// projections.ErrNotFound.
 	Script(ctx context.Context, id uuid.UUID) (events.ScriptPlanned, error)
-	// Log returns the script's log: the record and its latest attempt,
-	// or an error wrapping projections.ErrNotFound.
-	Log(ctx context.Context, id uuid.UUID) (projections.ScriptLog, error)
 }
 
 // Requests ask the planner for work: they answer 202 Accepted with the
@@ -73,21 +70,6 @@ func scriptErr(id uuid.UUID, err error) error {
 	return err
 }
 
-// script answers a script's log: where and how it ran, its script
-// (secrets masked) and the tails of its output.
-func (a *api) script(w http.ResponseWriter, r *http.Request, _ services.Principal) error {
-	id, err := scriptID(r)
-	if err != nil {
-		return err
-	}
-	log, err := a.scripts.Log(r.Context(), id)
-	if err != nil {
-		return scriptErr(id, err)
-	}
-	writeJSON(w, http.StatusOK, log)
-	return nil
-}
-
 func (a *api) retry(w http.ResponseWriter, r *http.Request, p services.Principal) error {
 	if err := optionalBody(r, &struct{}{}); err != nil {
 		return err
@@ -96,7 +78,7 @@ func (a *api) retry(w http.ResponseWriter, r *http.Request, p services.Principal
 	if err != nil {
 		return err
 	}
-	rec, err := a.scripts.Script(r.Context(), id)
+	rec, err := a.records.Script(r.Context(), id)
 	if err != nil {
 		return scriptErr(id, err)
 	}

@@ -108,16 +108,18 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 			t.Errorf("close the read model: %v", err)
 		}
 	})
-	runner := projections.NewRunner(projections.NewModel(reg), db, store)
+	runner := projections.NewRunner(projections.NewModel(reg), db, store, slog.New(slog.DiscardHandler))
 	planner := projections.NewPlanner(reg, routeexpr.Compiler{})
 	bus, err := planbus.New(ctx, nats.JS)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dispatcher := projections.NewDispatcher(reg, db, store, bus, projections.Renderer{Compiler: routeexpr.Compiler{}, Sealer: sealer})
+	results := projections.NewResultsRunner(db, bus, slog.New(failOnError{t, slog.NewTextHandler(testWriter{t}, nil)}))
 	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 3)
+	done := make(chan error, 4)
 	go func() { done <- runner.Run(runCtx) }()
+	go func() { done <- results.Run(runCtx) }()
 	go func() { done <- dispatcher.Run(runCtx) }()
 	go func() {
 		done <- store.Follow(runCtx, 1, func(batch []events.Envelope) error {
@@ -131,7 +133,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	}()
 	t.Cleanup(func() {
 		stop()
-		for range 3 {
+		for range 4 {
 			if err := <-done; !errors.Is(err, context.Canceled) {
 				t.Errorf("a log follower stopped: %v", err)
 			}
@@ -154,6 +156,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		Model:       runner,
 		Planner:     planner,
 		Scripts:     bus,
+		Logs:        planbus.Logs{ResultsReader: db, Bus: bus, Runner: results},
 		Idempotency: db,
 		Logger:      slog.New(failOnError{t, slog.NewTextHandler(testWriter{t}, nil)}),
 	}
@@ -392,7 +395,19 @@ func (e *env) resetFixtures(t testing.TB) {
 	defer cancel()
 	rec := &events.ScriptPlanned{ID: fixtureScript, Unit: fixtureScript, Sequence: 1, Server: "web1", Backend: "vhost", State: events.StateReceived,
 		Operations: []events.OperationRef{{Backend: "vhost", Action: "save", Type: "website", Name: "shop"}}}
-	if err := e.Bus.Send(ctx, nil, []events.Result{rec}); err != nil {
+	unit := &events.UnitPlanned{Unit: fixtureScript, Sequence: 1, Operations: 1,
+		Scripts: []events.ScriptSummary{{ID: fixtureScript, Server: "web1", Backend: "vhost", State: events.StateReceived}}}
+	if err := e.Bus.Send(ctx, nil, []events.Result{rec, unit}); err != nil {
+		t.Fatal(err)
+	}
+	// A start on web1, so that the server has a status.
+	started := events.ScriptStarted{ID: fixtureScript, Unit: fixtureScript, Server: "web1", Backend: "vhost", Attempt: 1}
+	subject, err := events.ScriptSubject("web1", fixtureScript, started.ResultType())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(started)
+	if _, err := e.JS.Publish(ctx, subject, data, jetstream.WithMsgID(subject)); err != nil {
 		t.Fatal(err)
 	}
 	tokens := map[string]bool{}

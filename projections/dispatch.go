@@ -78,7 +78,14 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	if err := d.start(ctx); err != nil {
 		return fmt.Errorf("planner: %w", err)
 	}
-	c := newCommitter(DispatcherName, d.store, d.setMark, nil)
+	// No retries: a commit that fails (another planner moved the mark)
+	// stops the planner.
+	c := newCommitter(DispatcherName, func(ctx context.Context, seq uint64, rows []Row) error {
+		if err := d.setMark(ctx, seq); err != nil {
+			return err
+		}
+		return d.store.Commit(ctx, DispatcherName, seq, rows)
+	}, nil, nil)
 	var unit []events.Envelope
 	return c.run(ctx, func(ctx context.Context) error {
 		return d.src.Follow(ctx, d.Seq()+1, func(batch []events.Envelope) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -120,7 +121,7 @@ func TestRunnerFollowsAndResumes(t *testing.T) {
 		return a.Last
 	}
 	start := func() (*projections.Runner, func()) {
-		r := projections.NewRunner(projections.NewModel(reg), db, store)
+		r := projections.NewRunner(projections.NewModel(reg), db, store, slog.New(slog.DiscardHandler))
 		rctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- r.Run(rctx) }()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -73,6 +74,7 @@ type Runner struct {
 	proj  Projection
 	store Store
 	src   Source
+	log   *slog.Logger
 
 	progress
 }
@@ -128,9 +130,11 @@ const MinCommitInterval = 2 * time.Millisecond
 // following waits for the commit.
 const maxPendingRows = 5000
 
-// NewRunner returns a runner for proj.
-func NewRunner(proj Projection, store Store, src Source) *Runner {
-	return &Runner{proj: proj, store: store, src: src}
+// NewRunner returns a runner for proj. An event it cannot apply, or a
+// commit that fails, is retried with backoff and reported to log with the
+// event's sequence: the read model stops there rather than skip it.
+func NewRunner(proj Projection, store Store, src Source, log *slog.Logger) *Runner {
+	return &Runner{proj: proj, store: store, src: src, log: log}
 }
 
 // Run follows the log until ctx ends or a batch cannot be applied.
@@ -140,47 +144,82 @@ func (r *Runner) Run(ctx context.Context) error {
 		return fmt.Errorf("projection %s: %w", r.proj.Name(), err)
 	}
 	r.moved(from)
-	c := newCommitter(r.proj.Name(), r.store, nil, r.moved)
+	c := newCommitter(r.proj.Name(), func(ctx context.Context, seq uint64, rows []Row) error {
+		return r.store.Commit(ctx, r.proj.Name(), seq, rows)
+	}, r.moved, r.log)
 	return c.run(ctx, func(ctx context.Context) error {
 		return r.src.Follow(ctx, from+1, func(batch []events.Envelope) error {
 			var rows []Row
 			for _, e := range batch {
-				out, err := r.proj.Apply(e)
+				err := retry(ctx, r.log, r.proj.Name(), e.Sequence, func() error {
+					out, err := r.proj.Apply(e)
+					if err == nil {
+						rows = append(rows, out...)
+					}
+					return err
+				})
 				if err != nil {
 					return fmt.Errorf("projection %s: event %d: %w", r.proj.Name(), e.Sequence, err)
 				}
-				rows = append(rows, out...)
 			}
 			return c.add(ctx, rows, batch[len(batch)-1].Sequence)
 		})
 	})
 }
 
+// Backoff of a projection that fails on an event.
+const (
+	firstRetry = 100 * time.Millisecond
+	maxRetry   = 30 * time.Second
+)
+
+// retry runs fn until it succeeds or ctx ends, waiting longer after each
+// failure, and reports each failure to log with the sequence of the event
+// it failed on. With a nil log there is no retry: fn's error is returned.
+func retry(ctx context.Context, log *slog.Logger, projection string, seq uint64, fn func() error) error {
+	wait := firstRetry
+	for {
+		err := fn()
+		if err == nil || log == nil {
+			return err
+		}
+		log.Error("projection failed on an event; retrying", "projection", projection, "seq", seq, "err", err, "retry_in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+		wait = min(2*wait, maxRetry)
+	}
+}
+
 // committer commits what a follower has read, rows and checkpoint in one
 // transaction, no sooner than MinCommitInterval after the previous commit,
 // in its own goroutine: the follower goes on reading meanwhile, and waits
 // only when maxPendingRows are pending.
-type committer struct {
+type committer[T any] struct {
 	name   string
-	store  Store
-	before func(ctx context.Context, seq uint64) error // runs before each commit; may be nil
-	after  func(seq uint64)                            // runs after each commit; may be nil
+	commit func(ctx context.Context, seq uint64, items []T) error
+	after  func(seq uint64) // runs after each commit; may be nil
+	log    *slog.Logger     // where failed commits are reported before a retry; nil: no retry
 
 	mu    sync.Mutex
-	rows  []Row
+	rows  []T
 	last  uint64        // sequence of the last event read; 0: nothing pending
 	ready chan struct{} // has a value when something is pending
 	room  chan struct{} // has a value when rows drop below maxPendingRows
 }
 
-func newCommitter(name string, store Store, before func(context.Context, uint64) error, after func(uint64)) *committer {
-	return &committer{name: name, store: store, before: before, after: after,
+func newCommitter[T any](name string, commit func(context.Context, uint64, []T) error, after func(uint64), log *slog.Logger) *committer[T] {
+	return &committer[T]{name: name, commit: commit, after: after, log: log,
 		ready: make(chan struct{}, 1), room: make(chan struct{}, 1)}
 }
 
 // run runs follow and the commit loop until either fails or ctx ends. What
 // is pending when ctx ends is committed before run returns.
-func (c *committer) run(ctx context.Context, follow func(context.Context) error) error {
+func (c *committer[T]) run(ctx context.Context, follow func(context.Context) error) error {
 	inner, cancel := context.WithCancel(ctx)
 	defer cancel()
 	committed := make(chan error, 1)
@@ -195,7 +234,11 @@ func (c *committer) run(ctx context.Context, follow func(context.Context) error)
 		return cerr
 	}
 	if ctx.Err() != nil {
-		if ferr := c.flush(context.WithoutCancel(ctx)); ferr != nil {
+		// Failed commits are retried for a while, not for ever: the
+		// process is stopping.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalFlush)
+		defer cancel()
+		if ferr := c.flush(fctx); ferr != nil {
 			return ferr
 		}
 	}
@@ -203,7 +246,7 @@ func (c *committer) run(ctx context.Context, follow func(context.Context) error)
 }
 
 // add hands over rows read up to sequence last.
-func (c *committer) add(ctx context.Context, rows []Row, last uint64) error {
+func (c *committer[T]) add(ctx context.Context, rows []T, last uint64) error {
 	for {
 		c.mu.Lock()
 		if len(c.rows) < maxPendingRows {
@@ -227,7 +270,7 @@ func (c *committer) add(ctx context.Context, rows []Row, last uint64) error {
 
 // loop commits what is pending, no sooner than MinCommitInterval after the
 // previous commit.
-func (c *committer) loop(ctx context.Context) error {
+func (c *committer[T]) loop(ctx context.Context) error {
 	var last time.Time
 	for {
 		select {
@@ -244,16 +287,20 @@ func (c *committer) loop(ctx context.Context) error {
 				return ctx.Err()
 			}
 		}
-		if err := c.flush(context.WithoutCancel(ctx)); err != nil {
+		if err := c.flush(ctx); err != nil {
 			return err
 		}
 		last = time.Now()
 	}
 }
 
-// flush commits what is pending. A commit under way finishes even when the
-// follower is stopping: cancelling it would only throw its work away.
-func (c *committer) flush(ctx context.Context) error {
+// finalFlush bounds the retries of the commit a stopping committer makes.
+const finalFlush = 10 * time.Second
+
+// flush commits what is pending, retrying (when it reports failures) until
+// ctx ends. A commit under way finishes even when ctx ends: cancelling it
+// would only throw its work away.
+func (c *committer[T]) flush(ctx context.Context) error {
 	c.mu.Lock()
 	rows, seq := c.rows, c.last
 	c.rows, c.last = nil, 0
@@ -265,12 +312,8 @@ func (c *committer) flush(ctx context.Context) error {
 	if seq == 0 {
 		return nil
 	}
-	if c.before != nil {
-		if err := c.before(ctx, seq); err != nil {
-			return fmt.Errorf("projection %s: %w", c.name, err)
-		}
-	}
-	if err := c.store.Commit(ctx, c.name, seq, rows); err != nil {
+	err := retry(ctx, c.log, c.name, seq, func() error { return c.commit(context.WithoutCancel(ctx), seq, rows) })
+	if err != nil {
 		return fmt.Errorf("projection %s: commit %d: %w", c.name, seq, err)
 	}
 	if c.after != nil {

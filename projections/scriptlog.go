@@ -11,28 +11,37 @@ import (
 // ScriptLog is one script's log: what the planner decided and what its
 // latest attempt did, folded from the results about it (DESIGN.md §2).
 type ScriptLog struct {
-	ID         uuid.UUID             `json:"id"`
-	Unit       uuid.UUID             `json:"unit"`
-	Server     string                `json:"server"`
-	Backend    string                `json:"backend"`
-	Operations []events.OperationRef `json:"operations"`
-	State      string                `json:"state"`
-	Reason     string                `json:"reason,omitempty"`
-	Attempt    int                   `json:"attempt"`
-	ExitCode   *int                  `json:"exit_code,omitempty"`
-	Executor   string                `json:"executor,omitempty"`
+	ScriptEntry
 	// Script is the text with every secret masked.
-	Script   string     `json:"script,omitempty"`
-	Created  time.Time  `json:"created"`
-	Started  *time.Time `json:"started,omitempty"`
-	Finished *time.Time `json:"finished,omitempty"`
+	Script string `json:"script,omitempty"`
 	// Stdout and Stderr are the last TailBytes of each stream of the
 	// latest attempt, as written (JSON shows invalid UTF-8 as U+FFFD);
-	// the byte counts are whole.
-	Stdout      string `json:"stdout"`
-	Stderr      string `json:"stderr"`
-	StdoutBytes int64  `json:"stdout_bytes"`
-	StderrBytes int64  `json:"stderr_bytes"`
+	// the byte counts of the entry are whole.
+	Stdout string `json:"stdout"`
+	Stderr string `json:"stderr"`
+}
+
+// ScriptEntry is a script's log without its text and output: what a
+// listing shows.
+type ScriptEntry struct {
+	ID uuid.UUID `json:"id"`
+	// Seq is the RESULTS sequence of the first result about the script:
+	// listings are ordered by it, newest first.
+	Seq         uint64                `json:"seq"`
+	Unit        uuid.UUID             `json:"unit"`
+	Server      string                `json:"server"`
+	Backend     string                `json:"backend"`
+	Operations  []events.OperationRef `json:"operations"`
+	State       string                `json:"state"`
+	Reason      string                `json:"reason,omitempty"`
+	Attempt     int                   `json:"attempt"`
+	ExitCode    *int                  `json:"exit_code,omitempty"`
+	Executor    string                `json:"executor,omitempty"`
+	Created     time.Time             `json:"created"`
+	Started     *time.Time            `json:"started,omitempty"`
+	Finished    *time.Time            `json:"finished,omitempty"`
+	StdoutBytes int64                 `json:"stdout_bytes"`
+	StderrBytes int64                 `json:"stderr_bytes"`
 	// Truncated: the chunks stopped short of the whole output, which is
 	// in Object of the output bucket when kept.
 	Truncated bool   `json:"truncated,omitempty"`
@@ -59,6 +68,9 @@ func (l *ScriptLog) Fold(r events.Result) {
 		if r.Attempt > l.Attempt {
 			l.Stdout, l.Stderr, l.StdoutBytes, l.StderrBytes, l.Truncated = "", "", 0, 0, false
 			l.ExitCode, l.Finished, l.Reason = nil, nil, ""
+		}
+		if l.Created.IsZero() { // the planner's record is still on its way
+			l.Created = r.Time
 		}
 		started := r.Time
 		l.Attempt, l.State, l.Executor, l.Started = r.Attempt, events.StateStarted, r.Executor, &started

@@ -14,6 +14,7 @@ import (
 // them into HTTP statuses in one place.
 const (
 	EINVALID      = "invalid"      // bad input; nothing changed
+	EBADREQUEST   = "bad_request"  // a malformed request: an unknown or bad query parameter or header
 	ECONFLICT     = "conflict"     // a stale write or a state that forbids the change
 	ENOTFOUND     = "not_found"    // the named object does not exist
 	EUNAUTHORIZED = "unauthorized" // no or bad credentials

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -30,7 +31,8 @@ import (
 const (
 	adminTokenFile = "admin.token" // the first admin token, 0600
 	secretKeyFile  = "secret.key"  // the key that seals resource secrets, 0600
-	modelDBFile    = "model.db"    // the SQLite read models
+	modelDBFile    = "model.db"    // the SQLite read models of the model and the planner
+	resultsDBFile  = "results.db"  // the SQLite read models of RESULTS: script logs, units, servers, history
 )
 
 // core is the write side, the read model and the API of one process.
@@ -38,6 +40,9 @@ type core struct {
 	svc        *services.Service
 	store      *eventstore.Store
 	runner     *projections.Runner
+	results    *projections.ResultsRunner
+	resultsDB  *sqlite.DB
+	retention  time.Duration
 	dispatcher *projections.Dispatcher
 	executor   *executor.Executor
 	fleet      *executor.Fleet
@@ -50,7 +55,7 @@ type core struct {
 // issues the first admin token when there is none, and puts the API in
 // place of the start-up handler.
 func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *sqlite.DB, sealer services.Sealer,
-	handler *atomic.Pointer[http.Handler], gw gateway.Config, ex execFlags, log *slog.Logger) (*core, error) {
+	handler *atomic.Pointer[http.Handler], gw gateway.Config, ex execFlags, retention time.Duration, log *slog.Logger) (c *core, err error) {
 	reg, err := events.NewRegistry(events.Catalog()...)
 	if err != nil {
 		return nil, err
@@ -76,7 +81,19 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 	if err != nil {
 		return nil, err
 	}
-	c := &core{svc: svc, store: store, runner: projections.NewRunner(projections.NewModel(reg), db, follower),
+	resultsDB, err := sqlite.Open(filepath.Join(dataDir, resultsDBFile))
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, resultsDB.Close())
+		}
+	}()
+	c = &core{svc: svc, store: store, runner: projections.NewRunner(projections.NewModel(reg), db, follower, log.With("component", "read model")),
+		results:    projections.NewResultsRunner(resultsDB, bus, log.With("component", "results read model")),
+		resultsDB:  resultsDB,
+		retention:  retention,
 		dispatcher: projections.NewDispatcher(reg, db, store, bus, projections.Renderer{Compiler: routeexpr.Compiler{}, Sealer: sealer}),
 		fleet:      fleet, nc: js.Conn(), log: log}
 	if c.executor, c.ssh, err = newExecutor(ctx, js, svc, ex, log); err != nil {
@@ -84,6 +101,7 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 	}
 	gw.Service, gw.Rows, gw.Model, gw.Planner, gw.Idempotency, gw.Logger = svc, db, c.runner, planner, db, log
 	gw.Scripts, gw.Results = bus, planbus.Results{Bus: bus, Planner: c.dispatcher}
+	gw.Logs = planbus.Logs{ResultsReader: resultsDB, Bus: bus, Runner: c.results}
 	h, err := gateway.NewHandler(gw)
 	if err != nil {
 		return nil, err
@@ -98,9 +116,14 @@ func (c *core) run(ctx context.Context) error {
 	inner, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer c.ssh.Close()
+	defer func() {
+		if err := c.resultsDB.Close(); err != nil {
+			c.log.Warn("closing the results read model", "err", err)
+		}
+	}()
 	execute := func(ctx context.Context) error { return c.executor.Run(ctx, c.fleet) }
 	syncs := func(ctx context.Context) error { return serveAgentSyncs(ctx, c.nc, c.svc, c.fleet, c.log) }
-	runs := []func(context.Context) error{c.runner.Run, c.dispatcher.Run, execute, syncs}
+	runs := []func(context.Context) error{c.runner.Run, c.results.Run, c.prune, c.dispatcher.Run, execute, syncs}
 	errs := make(chan error, len(runs))
 	for _, run := range runs {
 		go func() {
@@ -115,6 +138,30 @@ func (c *core) run(ctx context.Context) error {
 		}
 	}
 	return first
+}
+
+// pruneEvery is how often the results read models drop what RESULTS no
+// longer holds.
+const pruneEvery = time.Hour
+
+// prune drops, at start and then every pruneEvery, the records of the
+// results read models older than the log retention: RESULTS has dropped
+// their messages, so a replay would not bring them back either.
+func (c *core) prune(ctx context.Context) error {
+	for {
+		n, err := c.resultsDB.PruneResults(ctx, time.Now().Add(-c.retention))
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("pruning the results read model failed; trying again later", "err", err)
+		}
+		if n > 0 {
+			c.log.Info("pruned expired script logs", "scripts", n, "retention", c.retention)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pruneEvery):
+		}
+	}
 }
 
 // newExecutor builds the executor of this process: the ssh and local

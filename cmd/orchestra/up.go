@@ -247,7 +247,7 @@ func up(ctx context.Context, c upConfig, log *slog.Logger) error {
 			if err := provision(pctx, js, c, log); err != nil {
 				return nil // interrupted before NATS answered
 			}
-			core, err := startCore(pctx, js, dataDir, db, sealer, &handler, gw, c.Exec, log)
+			core, err := startCore(pctx, js, dataDir, db, sealer, &handler, gw, c.Exec, c.LogRetention, log)
 			if err != nil {
 				if pctx.Err() != nil {
 					return nil

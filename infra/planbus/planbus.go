@@ -226,21 +226,12 @@ func (b *Bus) Log(ctx context.Context, id uuid.UUID) (projections.ScriptLog, err
 		if err != nil {
 			return log, fmt.Errorf("script %s: %w", id, err)
 		}
-		var r events.Result
-		switch subject := msg.Subject(); {
-		case strings.HasSuffix(subject, ".ScriptPlanned"):
-			r, planned = &events.ScriptPlanned{}, true
-		case strings.HasSuffix(subject, ".ScriptStarted"):
-			r = &events.ScriptStarted{}
-		case strings.HasSuffix(subject, ".ScriptOutput"):
-			r = &events.ScriptOutput{}
-		case strings.HasSuffix(subject, ".ScriptFinished"):
-			r = &events.ScriptFinished{}
-		default:
-			continue
+		r, err := DecodeResult(msg.Subject(), msg.Data())
+		if err != nil {
+			return log, fmt.Errorf("script %s: %w", id, err)
 		}
-		if err := json.Unmarshal(msg.Data(), r); err != nil {
-			return log, fmt.Errorf("script %s: %s: %w", id, msg.Subject(), err)
+		if _, ok := r.(*events.ScriptPlanned); ok {
+			planned = true
 		}
 		log.Fold(r)
 	}
@@ -249,3 +240,73 @@ func (b *Bus) Log(ctx context.Context, id uuid.UUID) (projections.ScriptLog, err
 	}
 	return log, nil
 }
+
+// DecodeResult decodes a message of RESULTS by the result type its subject
+// ends with.
+func DecodeResult(subject string, data []byte) (events.Result, error) {
+	var r events.Result
+	switch subject[strings.LastIndexByte(subject, '.')+1:] {
+	case "ScriptPlanned":
+		r = &events.ScriptPlanned{}
+	case "UnitPlanned":
+		r = &events.UnitPlanned{}
+	case "ScriptStarted":
+		r = &events.ScriptStarted{}
+	case "ScriptOutput":
+		r = &events.ScriptOutput{}
+	case "ScriptFinished":
+		r = &events.ScriptFinished{}
+	default:
+		return nil, fmt.Errorf("%s: not a result subject", subject)
+	}
+	if err := json.Unmarshal(data, r); err != nil {
+		return nil, fmt.Errorf("%s: %w", subject, err)
+	}
+	return r, nil
+}
+
+// FollowResults implements projections.ResultsSource: it calls fn with
+// every result from sequence from on, in order, in batches of at most
+// maxFollowBatch, following RESULTS live until ctx ends or fn fails. A
+// message that is not a result (published by hand) is an error naming its
+// sequence, carried in its envelope: the read models stop there, rather
+// than skip it.
+func (b *Bus) FollowResults(ctx context.Context, from uint64, fn func([]projections.ResultEnvelope) error) error {
+	cons, err := b.results.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(from, 1),
+	})
+	if err != nil {
+		return fmt.Errorf("follow results: %w", err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(maxFollowBatch))
+	if err != nil {
+		return fmt.Errorf("follow results: %w", err)
+	}
+	defer it.Stop()
+	batch := make([]projections.ResultEnvelope, 0, maxFollowBatch)
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("follow results: %w", err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return fmt.Errorf("follow results: %w", err)
+		}
+		r, err := DecodeResult(msg.Subject(), msg.Data())
+		batch = append(batch, projections.ResultEnvelope{Sequence: meta.Sequence.Stream, Subject: msg.Subject(), Time: meta.Timestamp, Result: r, Err: err})
+		if meta.NumPending == 0 || len(batch) == maxFollowBatch {
+			if err := fn(batch); err != nil {
+				return err
+			}
+			batch = batch[:0]
+		}
+	}
+}
+
+// maxFollowBatch bounds a FollowResults batch, and so a read-model
+// transaction.
+const maxFollowBatch = 500

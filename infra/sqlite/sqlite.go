@@ -30,7 +30,7 @@ var (
 
 // schemaVersion is the layout schema creates, kept in PRAGMA user_version.
 // A file with a higher version was written by a newer build and is refused.
-const schemaVersion = 1
+const schemaVersion = 2
 
 // schema is idempotent: Open runs it on every start.
 const schema = `
@@ -185,7 +185,7 @@ func (db *DB) init(ctx context.Context) error {
 		if v > schemaVersion {
 			return fmt.Errorf("schema version %d is newer than this build's %d", v, schemaVersion)
 		}
-		if _, err := tx.ExecContext(ctx, schema); err != nil {
+		if _, err := tx.ExecContext(ctx, schema+resultsSchema); err != nil {
 			return fmt.Errorf("create schema: %w", err)
 		}
 		if v == schemaVersion {
