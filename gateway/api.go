@@ -57,6 +57,7 @@ type api struct {
 	planner  Previewer
 	records  PlanRecords
 	logs     Logs
+	feed     Feed
 	results  Results
 	wait     time.Duration
 	idem     IdempotencyStore
@@ -115,6 +116,7 @@ func Routes() []Route {
 		Route{"GET", "/v1/scripts", services.RoleViewer, (*api).listScripts},
 		Route{"GET", "/v1/scripts/{id}", services.RoleViewer, (*api).script},
 		Route{"GET", "/v1/units/{id}", services.RoleViewer, (*api).unit},
+		Route{"GET", "/v1/stream", services.RoleViewer, (*api).stream},
 		Route{"POST", "/v1/scripts/{id}/retry", services.RoleOperator, (*api).retry},
 		Route{"POST", "/v1/apply", services.RoleOperator, (*api).apply},
 		Route{"POST", "/v1/plan", services.RoleOperator, (*api).plan},

@@ -157,6 +157,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		Planner:     planner,
 		Scripts:     bus,
 		Logs:        planbus.Logs{ResultsReader: db, Bus: bus, Runner: results},
+		Feed:        bus,
 		Idempotency: db,
 		Logger:      slog.New(failOnError{t, slog.NewTextHandler(testWriter{t}, nil)}),
 	}

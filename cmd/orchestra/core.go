@@ -101,7 +101,7 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 	}
 	gw.Service, gw.Rows, gw.Model, gw.Planner, gw.Idempotency, gw.Logger = svc, db, c.runner, planner, db, log
 	gw.Scripts, gw.Results = bus, planbus.Results{Bus: bus, Planner: c.dispatcher}
-	gw.Logs = planbus.Logs{ResultsReader: resultsDB, Bus: bus, Runner: c.results}
+	gw.Logs, gw.Feed = planbus.Logs{ResultsReader: resultsDB, Bus: bus, Runner: c.results}, bus
 	h, err := gateway.NewHandler(gw)
 	if err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/gateway"
 	"github.com/orchestra-fleet/orchestra/infra/streams"
 	"github.com/orchestra-fleet/orchestra/projections"
 )
@@ -272,37 +273,54 @@ func DecodeResult(subject string, data []byte) (events.Result, error) {
 // sequence, carried in its envelope: the read models stop there, rather
 // than skip it.
 func (b *Bus) FollowResults(ctx context.Context, from uint64, fn func([]projections.ResultEnvelope) error) error {
-	cons, err := b.results.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(from, 1),
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(from, 1)}
+	batch := make([]projections.ResultEnvelope, 0, maxFollowBatch)
+	return b.read(ctx, cfg, func(e projections.ResultEnvelope, pending uint64) error {
+		batch = append(batch, e)
+		if pending == 0 || len(batch) == maxFollowBatch {
+			if err := fn(batch); err != nil {
+				return err
+			}
+			batch = batch[:0]
+		}
+		return nil
 	})
+}
+
+// errDone ends a read early, without an error.
+var errDone = errors.New("done")
+
+// read calls fn with each result of RESULTS cfg selects, decoded, and the
+// number of messages left after it, until ctx ends or fn fails (errDone
+// ends it with no error).
+func (b *Bus) read(ctx context.Context, cfg jetstream.OrderedConsumerConfig, fn func(e projections.ResultEnvelope, pending uint64) error) error {
+	cons, err := b.results.OrderedConsumer(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("follow results: %w", err)
+		return fmt.Errorf("read results: %w", err)
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(maxFollowBatch))
 	if err != nil {
-		return fmt.Errorf("follow results: %w", err)
+		return fmt.Errorf("read results: %w", err)
 	}
 	defer it.Stop()
-	batch := make([]projections.ResultEnvelope, 0, maxFollowBatch)
 	for {
 		msg, err := it.Next(jetstream.NextContext(ctx))
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("follow results: %w", err)
+			return fmt.Errorf("read results: %w", err)
 		}
 		meta, err := msg.Metadata()
 		if err != nil {
-			return fmt.Errorf("follow results: %w", err)
+			return fmt.Errorf("read results: %w", err)
 		}
 		r, err := DecodeResult(msg.Subject(), msg.Data())
-		batch = append(batch, projections.ResultEnvelope{Sequence: meta.Sequence.Stream, Subject: msg.Subject(), Time: meta.Timestamp, Result: r, Err: err})
-		if meta.NumPending == 0 || len(batch) == maxFollowBatch {
-			if err := fn(batch); err != nil {
-				return err
-			}
-			batch = batch[:0]
+		e := projections.ResultEnvelope{Sequence: meta.Sequence.Stream, Subject: msg.Subject(), Time: meta.Timestamp, Result: r, Err: err}
+		if err := fn(e, meta.NumPending); errors.Is(err, errDone) {
+			return nil
+		} else if err != nil {
+			return err
 		}
 	}
 }
@@ -310,3 +328,51 @@ func (b *Bus) FollowResults(ctx context.Context, from uint64, fn func([]projecti
 // maxFollowBatch bounds a FollowResults batch, and so a read-model
 // transaction.
 const maxFollowBatch = 500
+
+var _ gateway.Feed = (*Bus)(nil)
+
+// Bounds implements gateway.Feed.
+func (b *Bus) Bounds(ctx context.Context) (first, last uint64, err error) {
+	info, err := b.results.Info(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("results: %w", err)
+	}
+	first, last = info.State.FirstSeq, info.State.LastSeq
+	if info.State.Msgs == 0 {
+		first = last + 1
+	}
+	return first, last, nil
+}
+
+// Tail implements gateway.Feed with an ordered consumer: unlike a
+// subscription, it neither misses a message stored while it starts nor
+// sees one twice.
+func (b *Bus) Tail(ctx context.Context, q gateway.TailQuery, fn func(gateway.TailItem) error) error {
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: q.Subjects, DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(q.From, 1)}
+	if q.From == 0 && !q.Since.IsZero() {
+		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, 0, &q.Since
+	}
+	if !q.Follow {
+		// A consumer's pending count says whether anything matches at all.
+		cons, err := b.results.OrderedConsumer(ctx, cfg)
+		if err != nil {
+			return fmt.Errorf("tail results: %w", err)
+		}
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("tail results: %w", err)
+		}
+		if info.NumPending == 0 {
+			return nil
+		}
+	}
+	return b.read(ctx, cfg, func(e projections.ResultEnvelope, pending uint64) error {
+		if err := fn(gateway.TailItem{ResultEnvelope: e}); err != nil {
+			return err
+		}
+		if !q.Follow && pending == 0 {
+			return errDone
+		}
+		return nil
+	})
+}
