@@ -83,6 +83,16 @@ func (e *apiError) Error() string {
 	return fmt.Sprintf("%s (HTTP %d)", msg, e.Status)
 }
 
+// problemOf is the error of an answer with status, whose body is data:
+// the problem document, or the body as text when it is not one.
+func problemOf(status int, data []byte) *apiError {
+	e := &apiError{Status: status}
+	if json.Unmarshal(data, e) != nil || e.Status == 0 {
+		e = &apiError{Status: status, Title: http.StatusText(status), Detail: strings.TrimSpace(string(data))}
+	}
+	return e
+}
+
 // do sends body (JSON-encoded unless nil) and decodes a JSON answer into out
 // (when out is not nil). A problem answer is an *apiError.
 func (c *client) do(ctx context.Context, method, path string, body, out any) error {
@@ -116,11 +126,7 @@ func (c *client) do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
 	}
 	if resp.StatusCode >= 300 {
-		e := &apiError{Status: resp.StatusCode}
-		if json.Unmarshal(data, e) != nil || e.Status == 0 {
-			e = &apiError{Status: resp.StatusCode, Title: http.StatusText(resp.StatusCode), Detail: strings.TrimSpace(string(data))}
-		}
-		return e
+		return problemOf(resp.StatusCode, data)
 	}
 	if out == nil {
 		return nil

@@ -60,10 +60,14 @@ func newSyncCommand() *cobra.Command {
 }
 
 func newScriptsCommand() *cobra.Command {
+	var f scriptFlags
 	cmd := &cobra.Command{
 		Use:   "scripts",
-		Short: "Work with the scripts the planner made",
+		Short: "List script logs, newest first (filters: --server, --state, …); show or retry one",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, _ []string) error { return scriptsList(cmd, f) },
 	}
+	f.register(cmd)
 	var output string
 	retry := &cobra.Command{
 		Use:   "retry ID",

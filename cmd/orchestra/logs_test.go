@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestReadSideCLI: orchestra scripts, units show and logs, against a real
+// orchestra up running scripts on two local servers.
+func TestReadSideCLI(t *testing.T) {
+	dir := t.TempDir()
+	p := startUp(t, "--data", filepath.Join(dir, ".orchestra"), "--nats-listen", "127.0.0.1:0")
+	p.waitReady(t)
+	apply := func(doc string) map[string]any {
+		t.Helper()
+		f := filepath.Join(dir, "apply.yml")
+		if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, errOut, _ := p.cli(t, dir, "apply", "-f", f, "-o", "json")
+		var res map[string]any
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Fatalf("apply: %v\n%s%s", err, out, errOut)
+		}
+		return res
+	}
+	job := func(name, server string, code int) string {
+		return fmt.Sprintf("---\nkind: Resource\ntype: job\nname: %s\nattrs: {code: %d, server: %s}\n", name, code, server)
+	}
+	model := `kind: Server
+name: box1
+address: 127.0.0.1
+method: local
+---
+kind: Server
+name: box2
+address: 127.0.0.1
+method: local
+---
+kind: Backend
+name: chk
+type: job
+actions:
+  save: |
+    printf 'first line of %s\nsecond line of %s\n' {{ .name }} {{ .name }}
+    exit {{ .attrs.code }}
+---
+kind: Route
+backend: chk
+server: box1
+match: resource.attrs.server == "box1"
+---
+kind: Route
+backend: chk
+server: box2
+match: resource.attrs.server == "box2"
+`
+	apply(model + job("a1", "box1", 0) + job("a2", "box2", 0))
+	failed := apply(job("b1", "box1", 3) + job("d1", "nowhere", 0))
+	unit, _ := failed["unit"].(string)
+	if unit == "" {
+		t.Fatalf("the apply answered no unit: %v", failed)
+	}
+
+	// orchestra scripts, filtered.
+	list := func(args ...string) []map[string]any {
+		t.Helper()
+		out, errOut, code := p.cli(t, dir, append([]string{"scripts", "-o", "json"}, args...)...)
+		var items []map[string]any
+		if err := json.Unmarshal([]byte(out), &items); code != 0 || err != nil {
+			t.Fatalf("scripts %v exited %d (%v):\n%s%s", args, code, err, out, errOut)
+		}
+		return items
+	}
+	if all := list(); len(all) != 3 {
+		t.Errorf("scripts lists %d, want 3: %v", len(all), all)
+	}
+	for _, s := range list("--server", "box1") {
+		if s["server"] != "box1" {
+			t.Errorf("--server box1 lists %v", s)
+		}
+	}
+	if fails := list("--state", "failure"); len(fails) != 1 || fails[0]["server"] != "box1" || fails[0]["exit_code"] != 3.0 {
+		t.Errorf("--state failure lists %v", fails)
+	}
+	if ofUnit := list("--unit", unit); len(ofUnit) != 1 {
+		t.Errorf("--unit lists %v", ofUnit)
+	}
+	if byRes := list("--resource", "job/a2"); len(byRes) != 1 || byRes[0]["server"] != "box2" {
+		t.Errorf("--resource job/a2 lists %v", byRes)
+	}
+	out, errOut, code := p.cli(t, dir, "scripts", "--server", "box1")
+	if code != 0 || !regexp.MustCompile(`(?m)^ID\s+SERVER\s+BACKEND\s+STATE`).MatchString(out) ||
+		!regexp.MustCompile(`box1\s+chk\s+FAILURE\s+3\s+1\s`).MatchString(out) {
+		t.Errorf("scripts as a table exited %d:\n%s%s", code, out, errOut)
+	}
+	if _, errOut, code := p.cli(t, dir, "scripts", "--state", "DONE"); code != 1 || !strings.Contains(errOut, "state: ") {
+		t.Errorf("--state DONE exited %d: %s", code, errOut)
+	}
+
+	// orchestra units show: the failure and the dropped operation.
+	out, errOut, code = p.cli(t, dir, "units", "show", unit)
+	for _, want := range []string{"scripts     0 queued, 0 running, 0 succeeded, 1 failed", "dropped     save job/d1 (chk)"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("units show exited %d, without %q:\n%s%s", code, want, out, errOut)
+		}
+	}
+
+	// orchestra logs: every line once, prefixed, plain when not a terminal.
+	out, errOut, code = p.cli(t, dir, "logs", "--since", "1h")
+	for _, want := range []string{"box1 chk | first line of a1\n", "box2 chk | second line of a2\n", "box1 chk | first line of b1\n"} {
+		if code != 0 || strings.Count(out, want) != 1 {
+			t.Errorf("logs exited %d, without one %q:\n%s%s", code, want, out, errOut)
+		}
+	}
+	if !regexp.MustCompile(`box1 chk \| ── script \S+ FAILURE, exit 3 in `).MatchString(out) || strings.Contains(out, "\x1b[") {
+		t.Errorf("logs:\n%s", out)
+	}
+
+	// orchestra logs -f --server box2: what ran, then what comes, only box2.
+	cmd := exec.Command(binary, "logs", "-f", "--server", "box2")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "ORCHESTRA_URL="+p.http, "ORCHESTRA_TOKEN=")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var seen []string
+	waitLine := func(want string) {
+		t.Helper()
+		for {
+			select {
+			case l := <-lines:
+				seen = append(seen, l)
+				if l == want {
+					return
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("logs -f did not print %q; it printed:\n%s", want, strings.Join(seen, "\n"))
+			}
+		}
+	}
+	waitLine("box2 chk | second line of a2")
+	apply(job("f1", "box2", 0) + job("f2", "box1", 0))
+	waitLine("box2 chk | second line of f1")
+	for _, l := range seen {
+		if !strings.HasPrefix(l, "box2 chk | ") {
+			t.Errorf("logs -f --server box2 printed %q", l)
+		}
+	}
+	p.stop(t, "http", "core", "nats-server")
+}
