@@ -58,6 +58,7 @@ type api struct {
 	records  PlanRecords
 	logs     Logs
 	feed     Feed
+	replays  Replays
 	results  Results
 	wait     time.Duration
 	idem     IdempotencyStore
@@ -117,6 +118,8 @@ func Routes() []Route {
 		Route{"GET", "/v1/scripts/{id}", services.RoleViewer, (*api).script},
 		Route{"GET", "/v1/units/{id}", services.RoleViewer, (*api).unit},
 		Route{"GET", "/v1/stream", services.RoleViewer, (*api).stream},
+		Route{"POST", "/v1/replay", services.RoleAdmin, (*api).startReplay},
+		Route{"GET", "/v1/replay", services.RoleViewer, (*api).replayStatus},
 		Route{"POST", "/v1/scripts/{id}/retry", services.RoleOperator, (*api).retry},
 		Route{"POST", "/v1/apply", services.RoleOperator, (*api).apply},
 		Route{"POST", "/v1/plan", services.RoleOperator, (*api).plan},

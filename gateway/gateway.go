@@ -30,6 +30,7 @@ type Config struct {
 	Scripts PlanRecords
 	Logs    Logs
 	Feed    Feed
+	Replays Replays
 	// Results lets an apply wait for its scripts; without it an apply
 	// answers at once.
 	Results     Results
@@ -83,6 +84,9 @@ func (c Config) Validate() error {
 	if c.Feed == nil {
 		errs = append(errs, errors.New("gateway: Feed is required with Service"))
 	}
+	if c.Replays == nil {
+		errs = append(errs, errors.New("gateway: Replays is required with Service"))
+	}
 	if c.Scripts == nil {
 		errs = append(errs, errors.New("gateway: Scripts is required with Service"))
 	}
@@ -123,7 +127,7 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		return mux, nil
 	}
 	a := &api{
-		svc: cfg.Service, rows: cfg.Rows, model: cfg.Model, planner: cfg.Planner, records: cfg.Scripts, logs: cfg.Logs, feed: cfg.Feed, idem: cfg.Idempotency,
+		svc: cfg.Service, rows: cfg.Rows, model: cfg.Model, planner: cfg.Planner, records: cfg.Scripts, logs: cfg.Logs, feed: cfg.Feed, replays: cfg.Replays, idem: cfg.Idempotency,
 		log: cfg.Logger, readWait: cfg.ReadWait, now: cfg.Now, results: cfg.Results, wait: cfg.ApplyWait,
 	}
 	for _, rt := range Routes() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
@@ -69,24 +70,28 @@ func pageLimit(q url.Values) (int, error) {
 }
 
 // seqCursor encodes a listing's position: the sequence its next page
-// starts below.
-func seqCursor(seq uint64) string {
-	return base64.RawURLEncoding.EncodeToString([]byte("s" + strconv.FormatUint(seq, 10)))
+// starts below, and the index within that sequence's record after which
+// it starts (history) or -1.
+func seqCursor(seq uint64, index int) string {
+	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "s%d.%d", seq, index))
 }
 
-// parseSeqCursor decodes ?after=; 0 when absent.
-func parseSeqCursor(q url.Values) (uint64, error) {
+// parseSeqCursor decodes ?after=; zero when absent.
+func parseSeqCursor(q url.Values) (projections.HistoryCursor, error) {
 	c := q.Get("after")
 	if c == "" {
-		return 0, nil
+		return projections.HistoryCursor{}, nil
 	}
 	b, err := base64.RawURLEncoding.DecodeString(c)
 	if err == nil && len(b) > 1 && b[0] == 's' {
-		if seq, err := strconv.ParseUint(string(b[1:]), 10, 64); err == nil && seq > 0 {
-			return seq, nil
+		s, i, ok := strings.Cut(string(b[1:]), ".")
+		seq, serr := strconv.ParseUint(s, 10, 64)
+		idx, ierr := strconv.Atoi(i)
+		if ok && serr == nil && ierr == nil && seq > 0 && idx >= -1 {
+			return projections.HistoryCursor{Seq: seq, Index: idx}, nil
 		}
 	}
-	return 0, services.FieldErrorf(services.EBADREQUEST, "after", "is not a cursor this API gave (the next of a previous page)")
+	return projections.HistoryCursor{}, services.FieldErrorf(services.EBADREQUEST, "after", "is not a cursor this API gave (the next of a previous page)")
 }
 
 // parseTime reads a time parameter: RFC 3339, or a duration back from now.
@@ -158,9 +163,11 @@ func (a *api) scriptFilter(r *http.Request) (projections.ScriptFilter, int, erro
 	if f.Until, err = parseTime(q, "until", now); err != nil {
 		return f, 0, err
 	}
-	if f.Before, err = parseSeqCursor(q); err != nil {
+	cur, err := parseSeqCursor(q)
+	if err != nil {
 		return f, 0, err
 	}
+	f.Before = cur.Seq
 	limit, err := pageLimit(q)
 	return f, limit, err
 }
@@ -182,7 +189,7 @@ func (a *api) listScripts(w http.ResponseWriter, r *http.Request, _ services.Pri
 	out := entries[projections.ScriptEntry]{Items: list}
 	if len(list) > limit {
 		out.Items = list[:limit]
-		out.Next = seqCursor(list[limit-1].Seq)
+		out.Next = seqCursor(list[limit-1].Seq, -1)
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
@@ -252,7 +259,7 @@ func (a *api) history(w http.ResponseWriter, r *http.Request, _ services.Princip
 	if err != nil {
 		return err
 	}
-	before, err := parseSeqCursor(q)
+	after, err := parseSeqCursor(q)
 	if err != nil {
 		return err
 	}
@@ -260,17 +267,20 @@ func (a *api) history(w http.ResponseWriter, r *http.Request, _ services.Princip
 		return err
 	}
 	typ, name := r.PathValue("type"), r.PathValue("name")
-	ops, err := a.logs.History(r.Context(), typ, name, before, limit+1)
+	ops, err := a.logs.History(r.Context(), typ, name, after, limit+1)
 	if err != nil {
 		return err
 	}
-	if len(ops) == 0 && before == 0 {
+	if len(ops) == 0 && after.Seq == 0 {
 		return services.Errorf(services.ENOTFOUND, "no operation on %s/%s has been recorded, or the records have expired", typ, name)
 	}
 	out := entries[projections.ResourceOp]{Items: ops}
+	if out.Items == nil {
+		out.Items = []projections.ResourceOp{}
+	}
 	if len(ops) > limit {
 		out.Items = ops[:limit]
-		out.Next = seqCursor(ops[limit-1].Sequence)
+		out.Next = seqCursor(ops[limit-1].Sequence, ops[limit-1].Index)
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

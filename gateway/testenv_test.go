@@ -28,6 +28,7 @@ import (
 	"github.com/orchestra-fleet/orchestra/infra/natsserver"
 	"github.com/orchestra-fleet/orchestra/infra/natstest"
 	"github.com/orchestra-fleet/orchestra/infra/planbus"
+	"github.com/orchestra-fleet/orchestra/infra/readmodel"
 	"github.com/orchestra-fleet/orchestra/infra/routeexpr"
 	"github.com/orchestra-fleet/orchestra/infra/secrets"
 	"github.com/orchestra-fleet/orchestra/infra/sqlite"
@@ -46,6 +47,8 @@ type env struct {
 	Svc    *services.Service
 	DB     *sqlite.DB
 	Runner *projections.Runner
+	// Results are the results read models (their own file).
+	Results *readmodel.Model
 	// Dispatcher plans every unit onto the EXEC stream through Bus.
 	Dispatcher *projections.Dispatcher
 	Bus        *planbus.Bus
@@ -115,7 +118,14 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		t.Fatal(err)
 	}
 	dispatcher := projections.NewDispatcher(reg, db, store, bus, projections.Renderer{Compiler: routeexpr.Compiler{}, Sealer: sealer})
-	results := projections.NewResultsRunner(db, bus, slog.New(failOnError{t, slog.NewTextHandler(testWriter{t}, nil)}))
+	// The results read models in a file of their own, replayable, as
+	// orchestra up keeps them.
+	logger := slog.New(failOnError{t, slog.NewTextHandler(testWriter{t}, nil)})
+	newResults := func(db *sqlite.DB) readmodel.Runner { return projections.NewResultsRunner(db, bus, logger) }
+	results, err := readmodel.Open(projections.ResultsName, t.TempDir(), newResults, newResults, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
 	runCtx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 4)
 	go func() { done <- runner.Run(runCtx) }()
@@ -156,8 +166,9 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 		Model:       runner,
 		Planner:     planner,
 		Scripts:     bus,
-		Logs:        planbus.Logs{ResultsReader: db, Bus: bus, Runner: results},
+		Logs:        readmodel.ResultsView{Model: results, Bus: bus},
 		Feed:        bus,
+		Replays:     readmodel.NewReplays(runCtx, logger, results),
 		Idempotency: db,
 		Logger:      slog.New(failOnError{t, slog.NewTextHandler(testWriter{t}, nil)}),
 	}
@@ -171,7 +182,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 
-	e := &env{URL: srv.URL, NATS: nats.Server.ClientURL(), JS: nats.JS, Svc: svc, DB: db, Runner: runner, Dispatcher: dispatcher, Bus: bus,
+	e := &env{URL: srv.URL, NATS: nats.Server.ClientURL(), JS: nats.JS, Svc: svc, DB: db, Results: results, Runner: runner, Dispatcher: dispatcher, Bus: bus,
 		client: &http.Client{Timeout: time.Minute}}
 	boot, err := svc.Bootstrap(ctx, nil)
 	if err != nil || boot.Token == "" {

@@ -103,6 +103,15 @@ type ResourceOp struct {
 	State    string    `json:"state"` // the script's state, or DROPPED
 	Reason   string    `json:"reason,omitempty"`
 	Time     time.Time `json:"time"`
+	Index    int       `json:"-"` // position among the record's operations
+}
+
+// HistoryCursor is a position in a resource's history, which goes from
+// the newest record to the oldest and, within a record, in the order of
+// its operations: the zero value is the start.
+type HistoryCursor struct {
+	Seq   uint64
+	Index int
 }
 
 // StateDropped is the state of an operation no route took.
@@ -273,7 +282,7 @@ type ResultsReader interface {
 	Scripts(ctx context.Context, f ScriptFilter) ([]ScriptEntry, error)
 	Unit(ctx context.Context, id uuid.UUID) (UnitLog, error)
 	ServerStatus(ctx context.Context, name string) (ServerStatus, error)
-	History(ctx context.Context, typ, name string, before uint64, limit int) ([]ResourceOp, error)
+	History(ctx context.Context, typ, name string, after HistoryCursor, limit int) ([]ResourceOp, error)
 }
 
 // ResultsStore keeps the results read models and their checkpoint.

@@ -69,14 +69,12 @@ func (l *ScriptLog) Fold(r events.Result) {
 			l.Stdout, l.Stderr, l.StdoutBytes, l.StderrBytes, l.Truncated = "", "", 0, 0, false
 			l.ExitCode, l.Finished, l.Reason = nil, nil, ""
 		}
-		if l.Created.IsZero() { // the planner's record is still on its way
-			l.Created = r.Time
-		}
+		l.first(r.Unit, r.Server, r.Backend, r.Time)
 		started := r.Time
 		l.Attempt, l.State, l.Executor, l.Started = r.Attempt, events.StateStarted, r.Executor, &started
 	case *events.ScriptOutput:
-		if r.Attempt != l.Attempt {
-			return
+		if r.Attempt != l.Attempt || l.Finished != nil {
+			return // an older attempt's, or after the end (by hand)
 		}
 		if r.Truncated {
 			l.Truncated = true
@@ -91,6 +89,7 @@ func (l *ScriptLog) Fold(r events.Result) {
 		if r.Attempt < l.Attempt {
 			return
 		}
+		l.first(r.Unit, r.Server, r.Backend, r.Time)
 		code, finished := r.ExitCode, r.Time
 		l.Attempt, l.State, l.Reason, l.ExitCode, l.Finished = r.Attempt, r.State, r.Reason, &code, &finished
 		l.StdoutBytes, l.StderrBytes, l.Object = r.Stdout, r.Stderr, r.Object
@@ -98,6 +97,20 @@ func (l *ScriptLog) Fold(r events.Result) {
 			started := r.Started
 			l.Started = &started
 		}
+	}
+}
+
+// first fills in what the planner's record will say, when a result about
+// the script comes before it.
+func (l *ScriptLog) first(unit uuid.UUID, server, backend string, t time.Time) {
+	if l.Server == "" {
+		l.Unit, l.Server, l.Backend = unit, server, backend
+	}
+	if l.Created.IsZero() {
+		l.Created = t
+	}
+	if l.Operations == nil {
+		l.Operations = []events.OperationRef{}
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/orchestra-fleet/orchestra/infra/eventstore"
 	"github.com/orchestra-fleet/orchestra/infra/files"
 	"github.com/orchestra-fleet/orchestra/infra/planbus"
+	"github.com/orchestra-fleet/orchestra/infra/readmodel"
 	"github.com/orchestra-fleet/orchestra/infra/routeexpr"
 	"github.com/orchestra-fleet/orchestra/infra/secrets"
 	"github.com/orchestra-fleet/orchestra/infra/sqlite"
@@ -31,17 +32,17 @@ import (
 const (
 	adminTokenFile = "admin.token" // the first admin token, 0600
 	secretKeyFile  = "secret.key"  // the key that seals resource secrets, 0600
-	modelDBFile    = "model.db"    // the SQLite read models of the model and the planner
-	resultsDBFile  = "results.db"  // the SQLite read models of RESULTS: script logs, units, servers, history
+	modelDBFile    = "model.db"    // the planner's state and idempotent answers (SQLite)
+	readDir        = "read"        // the read models, one SQLite file each (see readModel)
 )
 
 // core is the write side, the read model and the API of one process.
 type core struct {
 	svc        *services.Service
 	store      *eventstore.Store
-	runner     *projections.Runner
-	results    *projections.ResultsRunner
-	resultsDB  *sqlite.DB
+	model      *readmodel.Model // servers, backends, routes, resources, tokens
+	results    *readmodel.Model // script logs, units, servers' status, resource history
+	replays    *readmodel.Replays
 	retention  time.Duration
 	dispatcher *projections.Dispatcher
 	executor   *executor.Executor
@@ -81,27 +82,40 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 	if err != nil {
 		return nil, err
 	}
-	resultsDB, err := sqlite.Open(filepath.Join(dataDir, resultsDBFile))
+	dir := filepath.Join(dataDir, readDir)
+	model, err := readmodel.Open(projections.NewModel(reg).Name(), dir,
+		func(db *sqlite.DB) readmodel.Runner {
+			return projections.NewRunner(projections.NewModel(reg), db, follower, log.With("component", "read model"))
+		},
+		func(db *sqlite.DB) readmodel.Runner {
+			return projections.NewRunner(projections.NewModel(reg), db, store, log.With("component", "replay"))
+		}, log)
 	if err != nil {
 		return nil, err
 	}
+	resultsRunner := func(db *sqlite.DB) readmodel.Runner {
+		return projections.NewResultsRunner(db, bus, log.With("component", "results read model"))
+	}
+	results, err := readmodel.Open(projections.ResultsName, dir, resultsRunner, resultsRunner, log)
+	if err != nil {
+		return nil, errors.Join(err, model.DB().Close())
+	}
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, resultsDB.Close())
+			err = errors.Join(err, model.DB().Close(), results.DB().Close())
 		}
 	}()
-	c = &core{svc: svc, store: store, runner: projections.NewRunner(projections.NewModel(reg), db, follower, log.With("component", "read model")),
-		results:    projections.NewResultsRunner(resultsDB, bus, log.With("component", "results read model")),
-		resultsDB:  resultsDB,
+	c = &core{svc: svc, store: store, model: model, results: results,
+		replays:    readmodel.NewReplays(ctx, log, model, results),
 		retention:  retention,
 		dispatcher: projections.NewDispatcher(reg, db, store, bus, projections.Renderer{Compiler: routeexpr.Compiler{}, Sealer: sealer}),
 		fleet:      fleet, nc: js.Conn(), log: log}
 	if c.executor, c.ssh, err = newExecutor(ctx, js, svc, ex, log); err != nil {
 		return nil, err
 	}
-	gw.Service, gw.Rows, gw.Model, gw.Planner, gw.Idempotency, gw.Logger = svc, db, c.runner, planner, db, log
+	gw.Service, gw.Rows, gw.Model, gw.Planner, gw.Idempotency, gw.Logger = svc, model, model, planner, db, log
 	gw.Scripts, gw.Results = bus, planbus.Results{Bus: bus, Planner: c.dispatcher}
-	gw.Logs, gw.Feed = planbus.Logs{ResultsReader: resultsDB, Bus: bus, Runner: c.results}, bus
+	gw.Logs, gw.Feed, gw.Replays = readmodel.ResultsView{Model: results, Bus: bus}, bus, c.replays
 	h, err := gateway.NewHandler(gw)
 	if err != nil {
 		return nil, err
@@ -116,14 +130,9 @@ func (c *core) run(ctx context.Context) error {
 	inner, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer c.ssh.Close()
-	defer func() {
-		if err := c.resultsDB.Close(); err != nil {
-			c.log.Warn("closing the results read model", "err", err)
-		}
-	}()
 	execute := func(ctx context.Context) error { return c.executor.Run(ctx, c.fleet) }
 	syncs := func(ctx context.Context) error { return serveAgentSyncs(ctx, c.nc, c.svc, c.fleet, c.log) }
-	runs := []func(context.Context) error{c.runner.Run, c.results.Run, c.prune, c.dispatcher.Run, execute, syncs}
+	runs := []func(context.Context) error{c.model.Run, c.results.Run, c.prune, c.dispatcher.Run, execute, syncs}
 	errs := make(chan error, len(runs))
 	for _, run := range runs {
 		go func() {
@@ -149,7 +158,7 @@ const pruneEvery = time.Hour
 // their messages, so a replay would not bring them back either.
 func (c *core) prune(ctx context.Context) error {
 	for {
-		n, err := c.resultsDB.PruneResults(ctx, time.Now().Add(-c.retention))
+		n, err := c.results.DB().PruneResults(ctx, time.Now().Add(-c.retention))
 		if err != nil && ctx.Err() == nil {
 			c.log.Warn("pruning the results read model failed; trying again later", "err", err)
 		}

@@ -11,7 +11,6 @@ import (
 
 	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/gateway"
-	"github.com/orchestra-fleet/orchestra/projections"
 )
 
 // Progress is how far the planner has got (projections.Dispatcher).
@@ -98,25 +97,6 @@ func (r Results) Await(ctx context.Context, unit uuid.UUID, seq uint64) ([]gatew
 		}
 	}
 	return out, nil
-}
-
-// Logs implements gateway.Logs: the results read models, and how far
-// their runner has got.
-type Logs struct {
-	projections.ResultsReader
-	Bus    *Bus
-	Runner Progress
-}
-
-var _ gateway.Logs = Logs{}
-
-// CatchUp implements gateway.Logs.
-func (l Logs) CatchUp(ctx context.Context) error {
-	last, err := l.Bus.LastResult(ctx)
-	if err != nil {
-		return err
-	}
-	return l.Runner.WaitFor(ctx, last)
 }
 
 // LastResult is the sequence of the last message of RESULTS.

@@ -404,19 +404,20 @@ func (db *DB) ServerStatus(ctx context.Context, name string) (projections.Server
 
 // History implements projections.ResultsReader: the operations on one
 // resource, newest first, each with its script's state now.
-func (db *DB) History(ctx context.Context, typ, name string, before uint64, limit int) ([]projections.ResourceOp, error) {
+func (db *DB) History(ctx context.Context, typ, name string, after projections.HistoryCursor, limit int) ([]projections.ResourceOp, error) {
 	if limit <= 0 {
 		limit = DefaultListLimit
 	}
-	b, err := int64Of("cursor", before)
+	seq, err := int64Of("cursor", after.Seq)
 	if err != nil {
 		return nil, err
 	}
-	if before == 0 {
-		b = math.MaxInt64
+	if after.Seq == 0 {
+		seq, after.Index = math.MaxInt64, -1
 	}
-	rs, err := db.sql.QueryContext(ctx, `SELECT o.doc, s.state, s.entry FROM operations o LEFT JOIN scripts s ON s.id = o.script AND o.script != ''
-		WHERE o.type = ? AND o.name = ? AND o.seq < ? ORDER BY o.seq DESC, o.idx LIMIT ?`, typ, name, b, limit)
+	rs, err := db.sql.QueryContext(ctx, `SELECT o.idx, o.doc, s.state, s.entry FROM operations o LEFT JOIN scripts s ON s.id = o.script AND o.script != ''
+		WHERE o.type = ? AND o.name = ? AND (o.seq < ? OR o.seq = ? AND o.idx > ?) ORDER BY o.seq DESC, o.idx LIMIT ?`,
+		typ, name, seq, seq, after.Index, limit)
 	if err != nil {
 		return nil, fmt.Errorf("history of %s/%s: %w", typ, name, err)
 	}
@@ -428,12 +429,14 @@ func (db *DB) History(ctx context.Context, typ, name string, before uint64, limi
 			state      sql.NullString
 			op         projections.ResourceOp
 		)
-		if err := rs.Scan(&doc, &state, &entry); err != nil {
+		var idx int
+		if err := rs.Scan(&idx, &doc, &state, &entry); err != nil {
 			return nil, fmt.Errorf("history of %s/%s: %w", typ, name, err)
 		}
 		if err := json.Unmarshal(doc, &op); err != nil {
 			return nil, fmt.Errorf("history of %s/%s: %w", typ, name, err)
 		}
+		op.Index = idx
 		if state.Valid {
 			op.State = state.String
 			var e projections.ScriptEntry
