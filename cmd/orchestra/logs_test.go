@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -170,6 +171,39 @@ match: resource.attrs.server == "box2"
 		if !strings.HasPrefix(l, "box2 chk | ") {
 			t.Errorf("logs -f --server box2 printed %q", l)
 		}
+	}
+
+	// orchestra replay: both read models rebuilt from sequence 1 say the
+	// same as the copies built live, and the old files are gone.
+	before := map[string]string{}
+	dump := func(args ...string) string {
+		t.Helper()
+		out, errOut, code := p.cli(t, dir, args...)
+		if code != 0 {
+			t.Fatalf("%v exited %d: %s", args, code, errOut)
+		}
+		return out
+	}
+	views := [][]string{{"scripts", "-o", "json", "--limit", "1000"}, {"get", "resources", "-o", "json"}, {"get", "servers", "-o", "json"}, {"units", "show", unit, "-o", "json"}}
+	for _, v := range views {
+		before[strings.Join(v, " ")] = dump(v...)
+	}
+	out, errOut, code = p.cli(t, dir, "replay")
+	if code != 0 || !regexp.MustCompile(`(?m)^model: rebuilt to sequence \d+`).MatchString(out) || !regexp.MustCompile(`(?m)^results: rebuilt to sequence \d+`).MatchString(out) ||
+		!strings.Contains(errOut, "replay results: 100%") {
+		t.Fatalf("replay exited %d:\n%s%s", code, out, errOut)
+	}
+	for _, v := range views {
+		if got := dump(v...); got != before[strings.Join(v, " ")] {
+			t.Errorf("%v after the replay:\n%s\nbefore:\n%s", v, got, before[strings.Join(v, " ")])
+		}
+	}
+	files, err := filepath.Glob(filepath.Join(dir, ".orchestra", "read", "*.db"))
+	if err != nil || len(files) != 2 || slices.ContainsFunc(files, func(f string) bool { return strings.HasSuffix(f, "/model.db") || strings.HasSuffix(f, "/results.db") }) {
+		t.Errorf("read model files after the replay: %v", files)
+	}
+	if _, errOut, code := p.cli(t, dir, "replay", "--projection", "planner"); code != 1 || !strings.Contains(errOut, "projection") {
+		t.Errorf("replay --projection planner exited %d: %s", code, errOut)
 	}
 	p.stop(t, "http", "core", "nats-server")
 }
