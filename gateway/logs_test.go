@@ -490,7 +490,7 @@ func TestScriptLogAttempts(t *testing.T) {
 				// executor's results say.
 				items := pageItems(t, e.getOK(t, "/v1/scripts?server="+server))
 				if ids := stringsOf(items, "id"); !slices.Equal(ids, []string{id.String()}) || items[0]["state"] != "FAILURE" || items[0]["unit"] != unit.String() {
-					t.Errorf("before the record, ?server=%s lists %v, want [%s] FAILED in unit %s", server, items, id, unit)
+					t.Errorf("before the record, ?server=%s lists %v, want [%s] FAILURE in unit %s", server, items, id, unit)
 				}
 			}
 			e.publishResults(t, server, planned(id, unit, server))
@@ -731,6 +731,20 @@ func TestServerStatusFromResults(t *testing.T) {
 		if seen, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(s["last_seen"])); !seen.Equal(st.seen) {
 			t.Errorf("%s: last_seen %v, want %v", st.name, s["last_seen"], st.seen)
 		}
+	}
+
+	// The executor of a first attempt, redelivered while it hung, reports
+	// late that it could not connect; the second attempt runs meanwhile:
+	// the latest attempt reached the server.
+	late := uuid.New()
+	plan(late)
+	e.publishResults(t, server,
+		&events.ScriptStarted{ID: late, Server: server, Attempt: 2, Time: at.Add(8 * time.Minute)},
+		&events.ScriptFinished{ID: late, Server: server, Attempt: 1, State: events.StateTimeout, ExitCode: -1,
+			Reason: "dial tcp 10.0.0.9:22: i/o timeout", Time: at.Add(9 * time.Minute)})
+	s := e.getOK(t, "/v1/servers/"+server+"/status")
+	if s["last_script"] != late.String() || s["last_state"] != "STARTED" || s["reachable"] != true || s["reason"] != nil {
+		t.Errorf("after a late end of an older attempt: %v\nwant %s STARTED, reachable, no reason", s, late)
 	}
 }
 

@@ -161,7 +161,7 @@ func FoldResult(w Working, e ResultEnvelope) error {
 		w.AddOperations(ops)
 		return touch(w, l)
 	case *events.ScriptStarted:
-		return foldScript(w, e.Sequence, r.ID, r)
+		return foldScript(w, e.Sequence, r.ID, r.Attempt, r)
 	case *events.ScriptOutput:
 		l, err := w.Script(r.ID)
 		if err != nil || l == nil {
@@ -171,7 +171,7 @@ func FoldResult(w Working, e ResultEnvelope) error {
 		w.PutScript(l)
 		return nil
 	case *events.ScriptFinished:
-		return foldScript(w, e.Sequence, r.ID, r)
+		return foldScript(w, e.Sequence, r.ID, r.Attempt, r)
 	}
 	return nil
 }
@@ -185,15 +185,20 @@ func scriptLog(w Working, id uuid.UUID, seq uint64) (*ScriptLog, error) {
 	return &ScriptLog{ScriptEntry: ScriptEntry{ID: id, Seq: seq}}, nil
 }
 
-// foldScript folds a start or an end into a script's log, its unit and its
-// server.
-func foldScript(w Working, seq uint64, id uuid.UUID, r events.Result) error {
+// foldScript folds a start or an end of an attempt into a script's log,
+// its unit and its server. A result of an attempt older than the latest
+// says nothing of the server now.
+func foldScript(w Working, seq uint64, id uuid.UUID, attempt int, r events.Result) error {
 	l, err := scriptLog(w, id, seq)
 	if err != nil {
 		return err
 	}
+	stale := attempt < l.Attempt
 	l.Fold(r)
 	w.PutScript(l)
+	if stale {
+		return touch(w, l)
+	}
 	s, err := w.Server(l.Server)
 	if err != nil {
 		return err

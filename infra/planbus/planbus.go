@@ -208,40 +208,6 @@ func (b *Bus) Script(ctx context.Context, id uuid.UUID) (events.ScriptPlanned, e
 	return rec, nil
 }
 
-// Log folds every result RESULTS holds about a script into its log; it
-// wraps projections.ErrNotFound when the planner's record is gone (never
-// planned, or expired).
-func (b *Bus) Log(ctx context.Context, id uuid.UUID) (projections.ScriptLog, error) {
-	var log projections.ScriptLog
-	cons, err := b.results.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{events.ScriptFilter(id, ">")}})
-	if err != nil {
-		return log, fmt.Errorf("script %s: %w", id, err)
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return log, fmt.Errorf("script %s: %w", id, err)
-	}
-	planned := false
-	for range info.NumPending {
-		msg, err := cons.Next(jetstream.FetchContext(ctx))
-		if err != nil {
-			return log, fmt.Errorf("script %s: %w", id, err)
-		}
-		r, err := DecodeResult(msg.Subject(), msg.Data())
-		if err != nil {
-			return log, fmt.Errorf("script %s: %w", id, err)
-		}
-		if _, ok := r.(*events.ScriptPlanned); ok {
-			planned = true
-		}
-		log.Fold(r)
-	}
-	if !planned {
-		return log, fmt.Errorf("script %s: %w", id, projections.ErrNotFound)
-	}
-	return log, nil
-}
-
 // DecodeResult decodes a message of RESULTS by the result type its subject
 // ends with.
 func DecodeResult(subject string, data []byte) (events.Result, error) {
