@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -186,10 +187,13 @@ func (a *api) listScripts(w http.ResponseWriter, r *http.Request, _ services.Pri
 	if err != nil {
 		return err
 	}
-	out := entries[projections.ScriptEntry]{Items: list}
+	out := entries[json.RawMessage]{Items: make([]json.RawMessage, 0, len(list))}
 	if len(list) > limit {
-		out.Items = list[:limit]
+		list = list[:limit]
 		out.Next = seqCursor(list[limit-1].Seq, -1)
+	}
+	for _, d := range list {
+		out.Items = append(out.Items, d.Entry)
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

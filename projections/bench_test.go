@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sort"
 	"testing"
 	"time"
 
@@ -135,7 +134,7 @@ func BenchmarkPlanLatency(b *testing.B) {
 		name string
 		at   float64
 	}{{"p50", 0.50}, {"p99", 0.99}} {
-		rq, oq := quantile(raw, q.at), quantile(ours, q.at)
+		rq, oq := benchpair.Quantile(raw, q.at), benchpair.Quantile(ours, q.at)
 		b.ReportMetric(float64(oq.Microseconds()), "orchestra-µs-"+q.name)
 		b.ReportMetric(float64(rq.Microseconds()), "raw-µs-"+q.name)
 		b.ReportMetric(100*float64(rq)/float64(oq), "%raw-"+q.name)
@@ -148,10 +147,4 @@ func resource(b *testing.B, n int) services.Object {
 		b.Fatal(err)
 	}
 	return o
-}
-
-func quantile(ds []time.Duration, q float64) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[min(len(s)-1, int(q*float64(len(s))))]
 }

@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -281,10 +282,18 @@ type ScriptFilter struct {
 	Limit                  int
 }
 
+// EntryDoc is a script entry as the read model stores it.
+type EntryDoc struct {
+	Seq   uint64
+	Entry json.RawMessage // a ScriptEntry
+}
+
 // ResultsReader answers queries of the results read models.
 type ResultsReader interface {
 	Script(ctx context.Context, id uuid.UUID) (ScriptLog, error)
-	Scripts(ctx context.Context, f ScriptFilter) ([]ScriptEntry, error)
+	// Scripts lists script entries, newest first, as stored (JSON of a
+	// ScriptEntry): a listing passes them on without decoding them.
+	Scripts(ctx context.Context, f ScriptFilter) ([]EntryDoc, error)
 	Unit(ctx context.Context, id uuid.UUID) (UnitLog, error)
 	ServerStatus(ctx context.Context, name string) (ServerStatus, error)
 	History(ctx context.Context, typ, name string, after HistoryCursor, limit int) ([]ResourceOp, error)

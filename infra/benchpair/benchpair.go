@@ -10,6 +10,7 @@
 package benchpair
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -43,4 +44,12 @@ func (p *Pair) Report(b *testing.B, ops int) {
 	b.ReportMetric(float64(p.Ours.Nanoseconds())/float64(ops), "orchestra-ns/op")
 	b.ReportMetric(float64(p.Raw.Nanoseconds())/float64(ops), "raw-ns/op")
 	b.ReportMetric(100*float64(p.Raw)/float64(p.Ours), "%raw")
+}
+
+// Quantile is the q-quantile (0.5 for the median) of ds, which it leaves
+// in order.
+func Quantile(ds []time.Duration, q float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(q*float64(len(s))))]
 }

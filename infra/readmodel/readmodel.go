@@ -343,7 +343,7 @@ func (v ResultsView) Script(ctx context.Context, id uuid.UUID) (projections.Scri
 	return v.DB().Script(ctx, id)
 }
 
-func (v ResultsView) Scripts(ctx context.Context, f projections.ScriptFilter) ([]projections.ScriptEntry, error) {
+func (v ResultsView) Scripts(ctx context.Context, f projections.ScriptFilter) ([]projections.EntryDoc, error) {
 	return v.DB().Scripts(ctx, f)
 }
 

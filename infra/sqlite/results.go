@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS scripts (
 	stderr  BLOB    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS scripts_by_server  ON scripts (server, seq);
+CREATE INDEX IF NOT EXISTS scripts_by_server_state ON scripts (server, state, seq);
 CREATE INDEX IF NOT EXISTS scripts_by_state   ON scripts (state, seq);
 CREATE INDEX IF NOT EXISTS scripts_by_backend ON scripts (backend, seq);
 CREATE INDEX IF NOT EXISTS scripts_by_unit    ON scripts (unit, seq);
@@ -84,7 +85,7 @@ func (db *DB) CommitResults(ctx context.Context, seq uint64, batch []projections
 		if seq <= cur {
 			return fmt.Errorf("refused: the checkpoint is already at %d, so these results were committed before", cur)
 		}
-		w := newWorking(ctx, tx)
+		w := newWorking(ctx, tx, db.res)
 		for _, e := range batch {
 			if e.Sequence <= cur {
 				continue
@@ -111,7 +112,7 @@ func (db *DB) CommitResults(ctx context.Context, seq uint64, batch []projections
 // the fold read, and what it changed, written by save.
 type working struct {
 	ctx     context.Context
-	tx      *sql.Tx
+	st      resultStmts                          // bound to the transaction
 	scripts map[uuid.UUID]*projections.ScriptLog // nil: not in the store
 	units   map[uuid.UUID]*projections.UnitLog
 	servers map[string]*projections.ServerStatus
@@ -129,8 +130,11 @@ type indexedOp struct {
 	projections.ResourceOpOf
 }
 
-func newWorking(ctx context.Context, tx *sql.Tx) *working {
-	w := &working{ctx: ctx, tx: tx, scripts: map[uuid.UUID]*projections.ScriptLog{},
+func newWorking(ctx context.Context, tx *sql.Tx, st resultStmts) *working {
+	for _, s := range []**sql.Stmt{&st.selScript, &st.selUnit, &st.selServer, &st.upScript, &st.upUnit, &st.upServer, &st.insOp} {
+		*s = tx.StmtContext(ctx, *s)
+	}
+	w := &working{ctx: ctx, st: st, scripts: map[uuid.UUID]*projections.ScriptLog{},
 		units: map[uuid.UUID]*projections.UnitLog{}, servers: map[string]*projections.ServerStatus{}}
 	w.dirty.scripts, w.dirty.units, w.dirty.servers = map[uuid.UUID]bool{}, map[uuid.UUID]bool{}, map[string]bool{}
 	return w
@@ -140,7 +144,7 @@ func (w *working) Script(id uuid.UUID) (*projections.ScriptLog, error) {
 	if l, ok := w.scripts[id]; ok {
 		return l, nil
 	}
-	l, err := scanScript(w.tx.QueryRowContext(w.ctx, selectScript, id.String()))
+	l, err := scanScript(w.st.selScript.QueryRowContext(w.ctx, id.String()))
 	if errors.Is(err, projections.ErrNotFound) {
 		w.scripts[id] = nil
 		return nil, nil
@@ -157,7 +161,7 @@ func (w *working) Unit(id uuid.UUID) (*projections.UnitLog, error) {
 		return u, nil
 	}
 	var u projections.UnitLog
-	err := getDoc(w.ctx, w.tx.QueryRowContext(w.ctx, `SELECT doc FROM units WHERE id = ?`, id.String()), &u)
+	err := getDoc(w.st.selUnit.QueryRowContext(w.ctx, id.String()), &u)
 	if errors.Is(err, projections.ErrNotFound) {
 		w.units[id] = nil
 		return nil, nil
@@ -174,7 +178,7 @@ func (w *working) Server(name string) (*projections.ServerStatus, error) {
 		return s, nil
 	}
 	var s projections.ServerStatus
-	err := getDoc(w.ctx, w.tx.QueryRowContext(w.ctx, `SELECT doc FROM server_status WHERE name = ?`, name), &s)
+	err := getDoc(w.st.selServer.QueryRowContext(w.ctx, name), &s)
 	if errors.Is(err, projections.ErrNotFound) {
 		w.servers[name] = nil
 		return nil, nil
@@ -207,9 +211,21 @@ func (w *working) AddOperations(ops []projections.ResourceOpOf) {
 	}
 }
 
+// resultStmts are the statements of a results commit, prepared once.
+type resultStmts struct {
+	selScript, selUnit, selServer, upScript, upUnit, upServer, insOp *sql.Stmt
+}
+
 const (
-	selectScript = `SELECT entry, script, stdout, stderr FROM scripts WHERE id = ?`
-	upsertScript = `INSERT INTO scripts (seq, id, server, backend, unit, state, created, entry, script, stdout, stderr)
+	selectUnit   = `SELECT doc FROM units WHERE id = ?`
+	selectServer = `SELECT doc FROM server_status WHERE name = ?`
+	upsertUnit   = `INSERT INTO units (id, planned, doc) VALUES (?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET planned = excluded.planned, doc = excluded.doc`
+	upsertServer = `INSERT INTO server_status (name, doc) VALUES (?, ?)
+		ON CONFLICT (name) DO UPDATE SET doc = excluded.doc`
+	insertOperation = `INSERT OR REPLACE INTO operations (type, name, seq, idx, script, time, doc) VALUES (?, ?, ?, ?, ?, ?, ?)`
+	selectScript    = `SELECT entry, script, stdout, stderr FROM scripts WHERE id = ?`
+	upsertScript    = `INSERT INTO scripts (seq, id, server, backend, unit, state, created, entry, script, stdout, stderr)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (seq) DO UPDATE SET server = excluded.server, backend = excluded.backend, unit = excluded.unit,
 			state = excluded.state, created = excluded.created, entry = excluded.entry, script = excluded.script,
@@ -218,35 +234,26 @@ const (
 
 // save writes what the fold changed.
 func (w *working) save() error {
-	if len(w.dirty.scripts) > 0 {
-		st, err := w.tx.PrepareContext(w.ctx, upsertScript)
+	for id := range w.dirty.scripts {
+		l := w.scripts[id]
+		entry, err := json.Marshal(l.ScriptEntry)
 		if err != nil {
-			return fmt.Errorf("prepare: %w", err)
+			return fmt.Errorf("script %s: %w", l.ID, err)
 		}
-		defer st.Close()
-		for id := range w.dirty.scripts {
-			l := w.scripts[id]
-			entry, err := json.Marshal(l.ScriptEntry)
-			if err != nil {
-				return fmt.Errorf("script %s: %w", l.ID, err)
-			}
-			if _, err := st.ExecContext(w.ctx, int64(l.Seq), l.ID.String(), l.Server, l.Backend, l.Unit.String(), l.State,
-				l.Created.UnixNano(), entry, l.Script, []byte(l.Stdout), []byte(l.Stderr)); err != nil {
-				return fmt.Errorf("write script %s: %w", l.ID, err)
-			}
+		if _, err := w.st.upScript.ExecContext(w.ctx, int64(l.Seq), l.ID.String(), l.Server, l.Backend, l.Unit.String(), l.State,
+			l.Created.UnixNano(), entry, l.Script, []byte(l.Stdout), []byte(l.Stderr)); err != nil {
+			return fmt.Errorf("write script %s: %w", l.ID, err)
 		}
 	}
 	for id := range w.dirty.units {
 		u := w.units[id]
-		if err := w.putDoc(`INSERT INTO units (id, planned, doc) VALUES (?, ?, ?)
-			ON CONFLICT (id) DO UPDATE SET planned = excluded.planned, doc = excluded.doc`, u, u.Unit.String(), u.Planned.UnixNano()); err != nil {
+		if err := putDoc(w.ctx, w.st.upUnit, u, u.Unit.String(), u.Planned.UnixNano()); err != nil {
 			return fmt.Errorf("write unit %s: %w", u.Unit, err)
 		}
 	}
 	for name := range w.dirty.servers {
 		s := w.servers[name]
-		if err := w.putDoc(`INSERT INTO server_status (name, doc) VALUES (?, ?)
-			ON CONFLICT (name) DO UPDATE SET doc = excluded.doc`, s, s.Name); err != nil {
+		if err := putDoc(w.ctx, w.st.upServer, s, s.Name); err != nil {
 			return fmt.Errorf("write server %s: %w", s.Name, err)
 		}
 	}
@@ -255,27 +262,26 @@ func (w *working) save() error {
 		if op.Script != uuid.Nil {
 			script = op.Script.String()
 		}
-		if err := w.putDoc(`INSERT OR REPLACE INTO operations (type, name, seq, idx, script, time, doc) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-			op.ResourceOp, op.Type, op.Name, int64(op.Sequence), op.idx, script, op.Time.UnixNano()); err != nil {
+		if err := putDoc(w.ctx, w.st.insOp, op.ResourceOp, op.Type, op.Name, int64(op.Sequence), op.idx, script, op.Time.UnixNano()); err != nil {
 			return fmt.Errorf("write an operation on %s/%s: %w", op.Type, op.Name, err)
 		}
 	}
 	return nil
 }
 
-// putDoc runs query with args and v, as JSON, last.
-func (w *working) putDoc(query string, v any, args ...any) error {
+// putDoc runs st with args and v, as JSON, last.
+func putDoc(ctx context.Context, st *sql.Stmt, v any, args ...any) error {
 	doc, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	_, err = w.tx.ExecContext(w.ctx, query, append(args, doc)...)
+	_, err = st.ExecContext(ctx, append(args, doc)...)
 	return err
 }
 
 // getDoc decodes the one JSON column row holds into v; no row is
 // projections.ErrNotFound.
-func getDoc(_ context.Context, row *sql.Row, v any) error {
+func getDoc(row *sql.Row, v any) error {
 	var doc []byte
 	if err := row.Scan(&doc); errors.Is(err, sql.ErrNoRows) {
 		return projections.ErrNotFound
@@ -305,7 +311,7 @@ func scanScript(row *sql.Row) (projections.ScriptLog, error) {
 
 // Script implements projections.ResultsReader.
 func (db *DB) Script(ctx context.Context, id uuid.UUID) (projections.ScriptLog, error) {
-	l, err := scanScript(db.sql.QueryRowContext(ctx, selectScript, id.String()))
+	l, err := scanScript(db.res.selScript.QueryRowContext(ctx, id.String()))
 	if err != nil {
 		return l, fmt.Errorf("script %s: %w", id, err)
 	}
@@ -314,7 +320,7 @@ func (db *DB) Script(ctx context.Context, id uuid.UUID) (projections.ScriptLog, 
 
 // Scripts implements projections.ResultsReader: newest first, at most
 // f.Limit (DefaultListLimit if not positive).
-func (db *DB) Scripts(ctx context.Context, f projections.ScriptFilter) ([]projections.ScriptEntry, error) {
+func (db *DB) Scripts(ctx context.Context, f projections.ScriptFilter) ([]projections.EntryDoc, error) {
 	var (
 		where []string
 		args  []any
@@ -356,7 +362,7 @@ func (db *DB) Scripts(ctx context.Context, f projections.ScriptFilter) ([]projec
 	if limit <= 0 {
 		limit = DefaultListLimit
 	}
-	q := "SELECT entry FROM scripts"
+	q := "SELECT seq, entry FROM scripts"
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -366,17 +372,17 @@ func (db *DB) Scripts(ctx context.Context, f projections.ScriptFilter) ([]projec
 		return nil, fmt.Errorf("list scripts: %w", err)
 	}
 	defer rs.Close()
-	out := make([]projections.ScriptEntry, 0, min(limit, 64))
+	out := make([]projections.EntryDoc, 0, min(limit, 64))
 	for rs.Next() {
-		var doc []byte
-		if err := rs.Scan(&doc); err != nil {
+		var (
+			d   projections.EntryDoc
+			seq int64
+		)
+		if err := rs.Scan(&seq, (*[]byte)(&d.Entry)); err != nil {
 			return nil, fmt.Errorf("list scripts: %w", err)
 		}
-		var e projections.ScriptEntry
-		if err := json.Unmarshal(doc, &e); err != nil {
-			return nil, fmt.Errorf("list scripts: %w", err)
-		}
-		out = append(out, e)
+		d.Seq = uint64(seq)
+		out = append(out, d)
 	}
 	if err := rs.Err(); err != nil {
 		return nil, fmt.Errorf("list scripts: %w", err)
@@ -387,7 +393,7 @@ func (db *DB) Scripts(ctx context.Context, f projections.ScriptFilter) ([]projec
 // Unit implements projections.ResultsReader.
 func (db *DB) Unit(ctx context.Context, id uuid.UUID) (projections.UnitLog, error) {
 	var u projections.UnitLog
-	if err := getDoc(ctx, db.sql.QueryRowContext(ctx, `SELECT doc FROM units WHERE id = ?`, id.String()), &u); err != nil {
+	if err := getDoc(db.res.selUnit.QueryRowContext(ctx, id.String()), &u); err != nil {
 		return u, fmt.Errorf("unit %s: %w", id, err)
 	}
 	return u, nil
@@ -396,7 +402,7 @@ func (db *DB) Unit(ctx context.Context, id uuid.UUID) (projections.UnitLog, erro
 // ServerStatus implements projections.ResultsReader.
 func (db *DB) ServerStatus(ctx context.Context, name string) (projections.ServerStatus, error) {
 	var s projections.ServerStatus
-	if err := getDoc(ctx, db.sql.QueryRowContext(ctx, `SELECT doc FROM server_status WHERE name = ?`, name), &s); err != nil {
+	if err := getDoc(db.res.selServer.QueryRowContext(ctx, name), &s); err != nil {
 		return s, fmt.Errorf("server %s: %w", name, err)
 	}
 	return s, nil

@@ -87,6 +87,8 @@ type DB struct {
 	// a connection has prepared before (sql.Tx.StmtContext), so a commit
 	// parses no SQL.
 	upsert, del, getCP, setCP *sql.Stmt
+	// The results read models' statements (results.go).
+	res resultStmts
 }
 
 // Open opens the SQLite file at path, creating it (0600) and its directory
@@ -147,7 +149,9 @@ func Open(path string) (*DB, error) {
 	for _, st := range []struct {
 		dst   **sql.Stmt
 		query string
-	}{{&db.upsert, upsertRow}, {&db.del, deleteRow}, {&db.getCP, selectCheckpoint}, {&db.setCP, upsertCheckpoint}} {
+	}{{&db.upsert, upsertRow}, {&db.del, deleteRow}, {&db.getCP, selectCheckpoint}, {&db.setCP, upsertCheckpoint},
+		{&db.res.selScript, selectScript}, {&db.res.selUnit, selectUnit}, {&db.res.selServer, selectServer},
+		{&db.res.upScript, upsertScript}, {&db.res.upUnit, upsertUnit}, {&db.res.upServer, upsertServer}, {&db.res.insOp, insertOperation}} {
 		if *st.dst, err = sdb.Prepare(st.query); err != nil {
 			return nil, errors.Join(fmt.Errorf("sqlite: open %s: prepare: %w", path, err), db.Close())
 		}
@@ -205,7 +209,8 @@ func (db *DB) Close() error {
 	db.writer <- struct{}{}
 	defer func() { <-db.writer }()
 	var errs []error
-	for _, st := range []*sql.Stmt{db.upsert, db.del, db.getCP, db.setCP} {
+	for _, st := range []*sql.Stmt{db.upsert, db.del, db.getCP, db.setCP, db.res.selScript, db.res.selUnit, db.res.selServer,
+		db.res.upScript, db.res.upUnit, db.res.upServer, db.res.insOp} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}

@@ -1,0 +1,295 @@
+package readmodel_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/infra/benchpair"
+	"github.com/orchestra-fleet/orchestra/infra/natstest"
+	"github.com/orchestra-fleet/orchestra/infra/planbus"
+	"github.com/orchestra-fleet/orchestra/infra/sqlite"
+	"github.com/orchestra-fleet/orchestra/projections"
+)
+
+// scriptResults returns the results of one script's run: planned,
+// started, two chunks of output, finished.
+func scriptResults(unit uuid.UUID, server, backend string, at time.Time, state string) (uuid.UUID, []events.Result) {
+	id := uuid.New()
+	return id, []events.Result{
+		&events.ScriptPlanned{ID: id, Unit: unit, Server: server, Backend: backend, State: events.StateReceived, Script: "echo ****\n", Time: at,
+			Operations: []events.OperationRef{{Backend: backend, Action: "save", Type: "site", Name: "s" + id.String()[:4]}}},
+		&events.ScriptStarted{ID: id, Unit: unit, Server: server, Backend: backend, Attempt: 1, Executor: "local on bench", Time: at},
+		&events.ScriptOutput{ID: id, Attempt: 1, Stream: events.Stdout, Data: []byte("reloading the site\n")},
+		&events.ScriptOutput{ID: id, Attempt: 1, Stream: events.Stderr, Data: []byte("warning: nothing\n")},
+		&events.ScriptFinished{ID: id, Unit: unit, Server: server, Backend: backend, Attempt: 1, State: state, Started: at, Time: at, Stdout: 19, Stderr: 17},
+	}
+}
+
+// publishAsync publishes results onto RESULTS without waiting for each
+// acknowledgement.
+func publishAsync(b *testing.B, js jetstream.JetStream, server string, rs []events.Result) {
+	b.Helper()
+	for _, r := range rs {
+		subject := scriptSubject(b, server, r)
+		data, _ := json.Marshal(r)
+		if _, err := js.PublishAsync(subject, data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func waitAcks(b *testing.B, js jetstream.JetStream) {
+	b.Helper()
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(time.Minute):
+		b.Fatal("publishing did not complete")
+	}
+}
+
+// BenchmarkResultsReplay: rebuilding the results read models from
+// sequence 1 (decode, fold, SQLite commits), against reading the same
+// messages with a bare ordered consumer.
+func BenchmarkResultsReplay(b *testing.B) {
+	const scripts = 4000 // × 5 results
+	env := natstest.Start(b)
+	ctx := context.Background()
+	bus, err := planbus.New(ctx, env.JS)
+	if err != nil {
+		b.Fatal(err)
+	}
+	at := time.Now().UTC()
+	for i := range scripts {
+		_, rs := scriptResults(uuid.New(), fmt.Sprint("web", i%50), "vhost", at, events.StateSuccess)
+		publishAsync(b, env.JS, fmt.Sprint("web", i%50), rs)
+	}
+	waitAcks(b, env.JS)
+	last, err := bus.LastResult(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	stream, err := env.JS.Stream(ctx, events.StreamResults)
+	if err != nil {
+		b.Fatal(err)
+	}
+	raw := func() {
+		cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		it, err := cons.Messages(jetstream.PullMaxMessages(500))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer it.Stop()
+		for {
+			msg, err := it.Next()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if meta, _ := msg.Metadata(); meta.Sequence.Stream >= last {
+				return
+			}
+		}
+	}
+	dir := b.TempDir()
+	n := 0
+	ours := func() {
+		n++
+		db, err := sqlite.Open(filepath.Join(dir, fmt.Sprintf("replay-%d.db", n)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer db.Close()
+		r := projections.NewResultsRunner(db, bus, slog.New(slog.DiscardHandler))
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- r.Run(rctx) }()
+		if err := r.WaitFor(ctx, last); err != nil {
+			b.Fatal(err)
+		}
+		cancel()
+		<-done
+	}
+	var p benchpair.Pair
+	b.ResetTimer()
+	p.Run(b, 1, raw, ours)
+	b.StopTimer()
+	p.Report(b, b.N*int(last))
+	b.ReportMetric(float64(b.N)*float64(last)/p.Ours.Seconds(), "orchestra-results/s")
+	b.ReportMetric(float64(b.N)*float64(last)/p.Raw.Seconds(), "raw-results/s")
+}
+
+// BenchmarkScriptsQuery: GET /v1/scripts's query (server and state
+// filters, a page of 100) over a read model of many script logs (1M by
+// default; ORCHESTRA_BENCH_LOGS says how many), against reading a page of
+// 100 rows by the table's own key. The read model is built once in a
+// cache directory and reused by later runs.
+func BenchmarkScriptsQuery(b *testing.B) {
+	logs := 1_000_000
+	if s := os.Getenv("ORCHESTRA_BENCH_LOGS"); s != "" {
+		var err error
+		if logs, err = strconv.Atoi(s); err != nil {
+			b.Fatal(err)
+		}
+	}
+	db := benchLogs(b, logs)
+	ctx := context.Background()
+	rnd := rand.New(rand.NewPCG(1, 2))
+	states := []string{events.StateSuccess, events.StateFailure, events.StateTimeout}
+	var ours, raw []time.Duration
+	for range b.N {
+		t0 := time.Now()
+		if _, err := db.Scripts(ctx, projections.ScriptFilter{Server: fmt.Sprint("web", rnd.IntN(100)), State: states[rnd.IntN(len(states))], Limit: 101}); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if _, err := db.Scripts(ctx, projections.ScriptFilter{Before: uint64(1 + rnd.IntN(logs)), Limit: 101}); err != nil {
+			b.Fatal(err)
+		}
+		ours, raw = append(ours, t1.Sub(t0)), append(raw, time.Since(t1))
+	}
+	b.StopTimer()
+	q := func(ds []time.Duration, f float64) float64 {
+		return float64(benchpair.Quantile(ds, f).Microseconds()) / 1000
+	}
+	b.ReportMetric(q(ours, .5), "filtered-p50-ms")
+	b.ReportMetric(q(ours, .99), "filtered-p99-ms")
+	b.ReportMetric(q(raw, .5), "raw-p50-ms")
+	b.ReportMetric(q(raw, .99), "raw-p99-ms")
+	b.ReportMetric(float64(logs), "logs")
+}
+
+// benchLogs returns a read model of n script logs over 100 servers, a
+// tenth failed and a twentieth timed out, made once and kept in the user's
+// cache directory.
+func benchLogs(b *testing.B, n int) *sqlite.DB {
+	b.Helper()
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	path := filepath.Join(cache, "orchestra-bench", fmt.Sprintf("scripts-%d.db", n))
+	db, err := sqlite.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	ctx := context.Background()
+	cp, err := db.Checkpoint(ctx, projections.ResultsName)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if cp >= uint64(2*n) {
+		return db
+	}
+	b.Logf("building %d script logs in %s (once)", n, path)
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	seq := cp
+	batch := make([]projections.ResultEnvelope, 0, 5000)
+	for i := int(cp / 2); i < n; i++ {
+		state := events.StateSuccess
+		switch {
+		case i%10 == 0:
+			state = events.StateFailure
+		case i%20 == 1:
+			state = events.StateTimeout
+		}
+		_, rs := scriptResults(uuid.New(), fmt.Sprint("web", i%100), []string{"vhost", "mail", "db"}[i%3], at.Add(time.Duration(i)*time.Second), state)
+		for _, r := range []events.Result{rs[0], rs[4]} { // planned and finished
+			seq++
+			batch = append(batch, projections.ResultEnvelope{Sequence: seq, Result: r})
+		}
+		if len(batch) == cap(batch) || i == n-1 {
+			if err := db.CommitResults(ctx, seq, batch); err != nil {
+				b.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	return db
+}
+
+// BenchmarkResultVisible: a result published until a read of the read
+// models sees it (the runner following RESULTS, one commit), against a
+// publish until a consumer receives it.
+func BenchmarkResultVisible(b *testing.B) {
+	env := natstest.Start(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	bus, err := planbus.New(ctx, env.JS)
+	if err != nil {
+		b.Fatal(err)
+	}
+	db, err := sqlite.Open(filepath.Join(b.TempDir(), "results.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	r := projections.NewResultsRunner(db, bus, slog.New(slog.DiscardHandler))
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	// The raw half: publish → an ordered consumer, on a stream of its own
+	// (on RESULTS the runner would fold it too).
+	rawSubject := "bench.raw"
+	stream, err := env.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "BENCH_RAW", Subjects: []string{rawSubject}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{rawSubject}, DeliverPolicy: jetstream.DeliverNewPolicy})
+	if err != nil {
+		b.Fatal(err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer it.Stop()
+	var ours, raw []time.Duration
+	at := time.Now().UTC()
+	for range b.N {
+		t0 := time.Now()
+		if _, err := env.JS.Publish(ctx, rawSubject, []byte(`{}`)); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := it.Next(); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		id := uuid.New()
+		subject, _ := events.ScriptSubject("web1", id, "ScriptFinished")
+		data, _ := json.Marshal(&events.ScriptFinished{ID: id, Server: "web1", Backend: "vhost", Attempt: 1, State: events.StateSuccess, Time: at})
+		ack, err := env.JS.Publish(ctx, subject, data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := r.WaitFor(ctx, ack.Sequence); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := db.Script(ctx, id); err != nil {
+			b.Fatal(err)
+		}
+		ours, raw = append(ours, time.Since(t1)), append(raw, t1.Sub(t0))
+		time.Sleep(projections.MinCommitInterval) // one at a time, as a quiet system sees them
+	}
+	b.StopTimer()
+	q := func(ds []time.Duration, f float64) float64 { return float64(benchpair.Quantile(ds, f).Microseconds()) }
+	b.ReportMetric(q(ours, .5), "visible-p50-µs")
+	b.ReportMetric(q(ours, .99), "visible-p99-µs")
+	b.ReportMetric(q(raw, .5), "raw-p50-µs")
+	b.ReportMetric(q(raw, .99), "raw-p99-µs")
+}

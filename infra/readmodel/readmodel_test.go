@@ -1,0 +1,292 @@
+package readmodel_test
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+	_ "modernc.org/sqlite"
+
+	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/gateway"
+	"github.com/orchestra-fleet/orchestra/infra/natstest"
+	"github.com/orchestra-fleet/orchestra/infra/planbus"
+	"github.com/orchestra-fleet/orchestra/infra/readmodel"
+	"github.com/orchestra-fleet/orchestra/infra/sqlite"
+	"github.com/orchestra-fleet/orchestra/projections"
+)
+
+// workload publishes a random history of units and scripts onto RESULTS:
+// units planned before or after their scripts ran, several attempts, late
+// results of older attempts, output split inside characters, output after
+// an end, truncation, scripts that never finish, and some messages twice.
+type workload struct {
+	rnd     *rand.Rand
+	js      jetstream.JetStream
+	servers []string
+	msgs    int
+}
+
+func (w *workload) publish(t *testing.T, subject string, r events.Result) {
+	t.Helper()
+	data, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.js.Publish(context.Background(), subject, data); err != nil {
+		t.Fatal(err)
+	}
+	w.msgs++
+}
+
+func (w *workload) script(t *testing.T, server string, r events.Result) {
+	t.Helper()
+	w.publish(t, scriptSubject(t, server, r), r)
+}
+
+// scriptSubject is where r, a result about a script on server, goes.
+func scriptSubject(t testing.TB, server string, r events.Result) string {
+	t.Helper()
+	var id uuid.UUID
+	switch r := r.(type) {
+	case *events.ScriptPlanned:
+		id = r.ID
+	case *events.ScriptStarted:
+		id = r.ID
+	case *events.ScriptOutput:
+		id = r.ID
+	case *events.ScriptFinished:
+		id = r.ID
+	}
+	subject, err := events.ScriptSubject(server, id, r.ResultType())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return subject
+}
+
+var states = []string{events.StateSuccess, events.StateFailure, events.StateTimeout, events.StateError, events.StateAborted}
+
+// unit publishes one unit of work's history.
+func (w *workload) unit(t *testing.T, at time.Time) {
+	t.Helper()
+	unit := uuid.New()
+	n := 1 + w.rnd.IntN(4)
+	rec := &events.UnitPlanned{Unit: unit, Sequence: uint64(w.rnd.IntN(1000)), Operations: n + 1, Time: at}
+	if w.rnd.IntN(3) == 0 {
+		rec.Dropped = []events.DroppedOp{{Operation: events.OperationRef{Backend: "spare", Action: "save", Type: "site", Name: fmt.Sprint("s", w.rnd.IntN(20))}, Reason: "no route takes it"}}
+	}
+	type run struct {
+		server string
+		id     uuid.UUID
+	}
+	var runs []run
+	for range n {
+		server := w.servers[w.rnd.IntN(len(w.servers))]
+		id := uuid.New()
+		backend := []string{"vhost", "mail", "db"}[w.rnd.IntN(3)]
+		rec.Scripts = append(rec.Scripts, events.ScriptSummary{ID: id, Server: server, Backend: backend, State: events.StateReceived, Async: w.rnd.IntN(4) == 0})
+		ops := []events.OperationRef{{Backend: backend, Action: "save", Type: "site", Name: fmt.Sprint("s", w.rnd.IntN(20))}}
+		if w.rnd.IntN(3) == 0 {
+			ops = append(ops, events.OperationRef{Backend: backend, Action: "reload", Type: "site", Name: ops[0].Name})
+		}
+		w.script(t, server, &events.ScriptPlanned{ID: id, Unit: unit, Server: server, Backend: backend, Operations: ops,
+			State: events.StateReceived, Script: "echo ****\n", Time: at})
+		runs = append(runs, run{server, id})
+	}
+	recordFirst := w.rnd.IntN(2) == 0
+	if recordFirst {
+		w.publish(t, events.UnitSubject(unit, rec.ResultType()), rec)
+	}
+	for i, r := range runs {
+		attempts := 1 + w.rnd.IntN(3)
+		if w.rnd.IntN(8) == 0 {
+			attempts = 0 // still queued
+		}
+		var late []events.Result
+		for a := 1; a <= attempts; a++ {
+			start := at.Add(time.Duration(a) * time.Second)
+			w.script(t, r.server, &events.ScriptStarted{ID: r.id, Unit: unit, Server: r.server, Backend: rec.Scripts[i].Backend, Attempt: a, Executor: "local on test", Time: start})
+			var off int64
+			for range w.rnd.IntN(4) {
+				data := []byte(strings.Repeat("é", 1+w.rnd.IntN(40)))
+				data = data[:len(data)-w.rnd.IntN(2)] // sometimes cut inside a character
+				w.script(t, r.server, &events.ScriptOutput{ID: r.id, Attempt: a, Stream: []string{events.Stdout, events.Stderr}[w.rnd.IntN(2)], Offset: off, Data: data})
+				off += int64(len(data))
+			}
+			if w.rnd.IntN(10) == 0 {
+				w.script(t, r.server, &events.ScriptOutput{ID: r.id, Attempt: a, Stream: events.Stdout, Offset: off, Truncated: true, Data: []byte("[truncated]")})
+			}
+			fin := &events.ScriptFinished{ID: r.id, Unit: unit, Server: r.server, Backend: rec.Scripts[i].Backend, Attempt: a,
+				State: states[w.rnd.IntN(len(states))], ExitCode: w.rnd.IntN(4) - 1, Stdout: off, Time: start.Add(time.Second)}
+			if w.rnd.IntN(3) > 0 {
+				fin.Started = start
+			}
+			if a < attempts && w.rnd.IntN(3) == 0 {
+				late = append(late, fin) // the older attempt's end arrives after the newer one started
+				continue
+			}
+			if a == attempts && w.rnd.IntN(6) == 0 {
+				continue // never finishes
+			}
+			w.script(t, r.server, fin)
+			if w.rnd.IntN(8) == 0 {
+				w.script(t, r.server, &events.ScriptOutput{ID: r.id, Attempt: a, Stream: events.Stdout, Offset: off, Data: []byte("after the end\n")})
+			}
+		}
+		for _, l := range late {
+			w.script(t, r.server, l)
+		}
+	}
+	if !recordFirst {
+		w.publish(t, events.UnitSubject(unit, rec.ResultType()), rec)
+	}
+}
+
+// dump is every row of the results read models in a file, in key order.
+func dump(t *testing.T, path string) string {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var b strings.Builder
+	for _, q := range []string{
+		`SELECT seq, id, server, backend, unit, state, created, entry, script, hex(stdout), hex(stderr) FROM scripts ORDER BY seq`,
+		`SELECT type, name, seq, idx, doc, script, time FROM operations ORDER BY type, name, seq, idx`,
+		`SELECT id, planned, doc FROM units ORDER BY id`,
+		`SELECT name, doc FROM server_status ORDER BY name`,
+		`SELECT projection, seq FROM checkpoints ORDER BY projection`,
+	} {
+		rows, err := db.Query(q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cols, _ := rows.Columns()
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		n := 0
+		for rows.Next() {
+			if err := rows.Scan(ptrs...); err != nil {
+				t.Fatal(err)
+			}
+			for i, v := range vals {
+				if bs, ok := v.([]byte); ok {
+					vals[i] = string(bs)
+				}
+			}
+			fmt.Fprintln(&b, vals...)
+			n++
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		rows.Close()
+		fmt.Fprintf(&b, "-- %d rows: %s\n", n, q)
+	}
+	return b.String()
+}
+
+// TestLiveEqualsReplay is the property: for random workloads, the results
+// read models built live, while the results arrive, are the same, row for
+// row, as the ones a replay rebuilds from sequence 1.
+func TestLiveEqualsReplay(t *testing.T) {
+	for _, seed := range []uint64{1, 2, 3} {
+		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
+			env := natstest.Start(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			bus, err := planbus.New(ctx, env.JS)
+			if err != nil {
+				t.Fatal(err)
+			}
+			log := slog.New(slog.DiscardHandler)
+			newRunner := func(db *sqlite.DB) readmodel.Runner { return projections.NewResultsRunner(db, bus, log) }
+			dir := t.TempDir()
+			live, err := readmodel.Open(projections.ResultsName, dir, newRunner, newRunner, log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- live.Run(ctx) }()
+
+			w := &workload{rnd: rand.New(rand.NewPCG(seed, seed)), js: env.JS, servers: []string{"web1", "web2", "db1.example.com"}}
+			at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+			for i := range 60 {
+				w.unit(t, at.Add(time.Duration(i)*time.Minute))
+				if i%7 == 0 {
+					time.Sleep(time.Millisecond) // let the live runner commit in between
+				}
+			}
+			last, err := bus.LastResult(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+			defer wcancel()
+			if err := live.WaitFor(wctx, last); err != nil {
+				t.Fatalf("the live read models did not reach %d: %v", last, err)
+			}
+			liveFile := onlyDB(t, dir)
+			before := dump(t, liveFile)
+
+			// Replay beside it; once it has caught up, the live file is
+			// replaced by the replayed one.
+			var progress []gateway.ReplayStatus
+			if err := live.Replay(ctx, func(p gateway.ReplayStatus) { progress = append(progress, p) }); err != nil {
+				t.Fatal(err)
+			}
+			replayed := onlyDB(t, dir)
+			if replayed == liveFile {
+				t.Fatal("the replay left the read model in the same file")
+			}
+			if after := dump(t, replayed); after != before {
+				t.Fatalf("replayed read models differ from the live ones (%d results):\n%s", w.msgs, diff(before, after))
+			}
+			if !strings.Contains(before, "FAILURE") || !strings.Contains(before, "DROPPED") {
+				t.Fatalf("the workload is too tame:\n%s", before)
+			}
+			if p := progress[len(progress)-1]; !p.Done || p.Seq < last || p.Finished == nil {
+				t.Errorf("last progress %+v, want done at %d", p, last)
+			}
+			cancel()
+			if err := <-done; err != nil && ctx.Err() == nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// onlyDB is the one database file in dir.
+func onlyDB(t *testing.T, dir string) string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*.db"))
+	if err != nil || len(files) != 1 {
+		t.Fatalf("database files %v (%v), want one", files, err)
+	}
+	return files[0]
+}
+
+// diff shows the first lines where a and b differ.
+func diff(a, b string) string {
+	al, bl := strings.Split(a, "\n"), strings.Split(b, "\n")
+	for i := range min(len(al), len(bl)) {
+		if al[i] != bl[i] {
+			return fmt.Sprintf("line %d\nlive:     %s\nreplayed: %s", i+1, al[i], bl[i])
+		}
+	}
+	return fmt.Sprintf("%d lines live, %d replayed", len(al), len(bl))
+}
