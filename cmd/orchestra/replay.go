@@ -45,12 +45,13 @@ func newReplayCommand() *cobra.Command {
 					return err
 				}
 				done, failed := 0, []string{}
+				var current []gateway.ReplayStatus
 				for _, want := range started.Replays {
 					for _, st := range now.Replays {
 						if st.Projection != want.Projection || st.Started.Before(want.Started) {
 							continue
 						}
-						bar.show(st)
+						current = append(current, st)
 						if st.Finished != nil {
 							done++
 						}
@@ -59,6 +60,7 @@ func newReplayCommand() *cobra.Command {
 						}
 					}
 				}
+				bar.show(current)
 				if len(failed) > 0 {
 					return fmt.Errorf("replay failed: %s", strings.Join(failed, "; "))
 				}
@@ -81,8 +83,8 @@ func newReplayCommand() *cobra.Command {
 	return cmd
 }
 
-// progressBar draws replays' progress: redrawn in place on a terminal, a
-// line per tenth otherwise.
+// progressBar draws replays' progress: one line redrawn in place on a
+// terminal, a line per projection and tenth otherwise.
 type progressBar struct {
 	w     io.Writer
 	tty   bool
@@ -90,31 +92,39 @@ type progressBar struct {
 	drawn bool
 }
 
-func (b *progressBar) show(st gateway.ReplayStatus) {
-	frac := 1.0
-	if st.Target > 0 && !st.Done {
-		frac = min(float64(st.Seq)/float64(st.Target), 1)
+// fraction is how far st has got, from 0 to 1.
+func fraction(st gateway.ReplayStatus) float64 {
+	if st.Done || st.Target == 0 {
+		return 1
 	}
+	return min(float64(st.Seq)/float64(st.Target), 1)
+}
+
+func (b *progressBar) show(sts []gateway.ReplayStatus) {
 	if !b.tty {
 		if b.shown == nil {
 			b.shown = map[string]int{}
 		}
-		tenth := int(frac * 10)
-		if prev, ok := b.shown[st.Projection]; ok && tenth <= prev {
-			return
+		for _, st := range sts {
+			frac := fraction(st)
+			tenth := int(frac * 10)
+			if prev, ok := b.shown[st.Projection]; ok && tenth <= prev {
+				continue
+			}
+			b.shown[st.Projection] = tenth
+			fmt.Fprintf(b.w, "replay %s: %3.0f%% (%d of %d)\n", st.Projection, frac*100, st.Seq, st.Target)
 		}
-		b.shown[st.Projection] = tenth
-		fmt.Fprintf(b.w, "replay %s: %3.0f%% (%d of %d)\n", st.Projection, frac*100, st.Seq, st.Target)
 		return
 	}
-	const width = 30
-	n := int(frac * width)
-	fmt.Fprintf(b.w, "\r%-8s [%s%s] %3.0f%% %d/%d", st.Projection, strings.Repeat("#", n), strings.Repeat(" ", width-n), frac*100, st.Seq, st.Target)
-	b.drawn = true
-	if st.Done {
-		fmt.Fprintln(b.w)
-		b.drawn = false
+	const width = 24
+	parts := make([]string, len(sts))
+	for i, st := range sts {
+		frac := fraction(st)
+		n := int(frac * width)
+		parts[i] = fmt.Sprintf("%s [%s%s] %3.0f%% %d/%d", st.Projection, strings.Repeat("#", n), strings.Repeat(" ", width-n), frac*100, st.Seq, st.Target)
 	}
+	fmt.Fprintf(b.w, "\r%s\x1b[K", strings.Join(parts, "  "))
+	b.drawn = true
 }
 
 func (b *progressBar) end() {
