@@ -167,6 +167,17 @@ func (r *Runner) Run(ctx context.Context) error {
 	})
 }
 
+// EventError is a failure to apply the event at Seq: what a store returns
+// when a fold fails inside a commit, so that the failure is reported at
+// the event rather than at the end of its batch.
+type EventError struct {
+	Seq uint64
+	Err error
+}
+
+func (e *EventError) Error() string { return fmt.Sprintf("event %d: %v", e.Seq, e.Err) }
+func (e *EventError) Unwrap() error { return e.Err }
+
 // Backoff of a projection that fails on an event.
 const (
 	firstRetry = 100 * time.Millisecond
@@ -175,7 +186,8 @@ const (
 
 // retry runs fn until it succeeds or ctx ends, waiting longer after each
 // failure, and reports each failure to log with the sequence of the event
-// it failed on. With a nil log there is no retry: fn's error is returned.
+// it failed on: the one an *EventError in the error names, or seq. With a
+// nil log there is no retry: fn's error is returned.
 func retry(ctx context.Context, log *slog.Logger, projection string, seq uint64, fn func() error) error {
 	wait := firstRetry
 	for {
@@ -183,7 +195,12 @@ func retry(ctx context.Context, log *slog.Logger, projection string, seq uint64,
 		if err == nil || log == nil {
 			return err
 		}
-		log.Error("projection failed on an event; retrying", "projection", projection, "seq", seq, "err", err, "retry_in", wait)
+		at := seq
+		var ee *EventError
+		if errors.As(err, &ee) {
+			at = ee.Seq
+		}
+		log.Error("projection failed on an event; retrying", "projection", projection, "seq", at, "err", err, "retry_in", wait)
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:

@@ -81,6 +81,15 @@ func (m *Model) open() error {
 	if file != filepath.Base(file) || !strings.HasSuffix(file, ".db") {
 		return fmt.Errorf("read model %s: %s names %q, not a file of %s", m.name, m.pointer(), file, m.dir)
 	}
+	// A replay cut short by a stop leaves its file behind.
+	orphans, _ := filepath.Glob(filepath.Join(m.dir, m.name+"-*.db"))
+	for _, o := range orphans {
+		if filepath.Base(o) != file {
+			if err := removeDB(o); err != nil {
+				m.log.Warn("removing what a replay cut short left", "file", o, "err", err)
+			}
+		}
+	}
 	db, err := sqlite.Open(filepath.Join(m.dir, file))
 	if err != nil {
 		return err
@@ -149,31 +158,48 @@ func (m *Model) Replay(ctx context.Context, progress func(gateway.ReplayStatus))
 	if err != nil {
 		return err
 	}
-	next := &generation{file: file, db: db, runner: m.replay(db)}
-	p := gateway.ReplayStatus{Projection: m.name, Started: time.Now()}
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	next.cancel, next.done = cancel, make(chan error, 1)
-	go func() { next.done <- next.runner.Run(rctx) }()
+	next := &generation{file: file, db: db}
 	abandon := func(err error) error {
-		stop(next)
 		return errors.Join(err, db.Close(), removeDB(path))
 	}
+	if err := db.DeferQueryIndexes(ctx); err != nil {
+		return abandon(err)
+	}
+	replay := func() {
+		rctx, cancel := context.WithCancel(ctx)
+		next.runner, next.cancel, next.done = m.replay(db), cancel, make(chan error, 1)
+		go func() { next.done <- next.runner.Run(rctx) }()
+	}
+	replay()
+	p := gateway.ReplayStatus{Projection: m.name, Started: time.Now()}
 
 	// Catch up with the live generation: it moves on meanwhile, so wait
-	// for where it is now, again, until nothing is left.
+	// for where it is now, again, until nothing is left. Once caught up,
+	// build the query indexes, then catch up with what came meanwhile.
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
+	indexed := false
 	for {
 		p.Seq, p.Target = next.runner.Seq(), m.cur.Load().runner.Seq()
 		progress(p)
 		if p.Seq >= p.Target {
-			break
+			if indexed {
+				break
+			}
+			stop(next)
+			if err := db.BuildQueryIndexes(ctx); err != nil {
+				return abandon(err)
+			}
+			indexed = true
+			replay()
+			continue
 		}
 		select {
 		case <-ctx.Done():
+			stop(next)
 			return abandon(ctx.Err())
 		case err := <-next.done:
+			next.cancel()
 			return abandon(fmt.Errorf("replay %s: %w", m.name, err))
 		case <-tick.C:
 		}

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -289,4 +290,101 @@ func diff(a, b string) string {
 		}
 	}
 	return fmt.Sprintf("%d lines live, %d replayed", len(al), len(bl))
+}
+
+// records keeps what a logger was given.
+type records struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (r *records) Enabled(context.Context, slog.Level) bool { return true }
+func (r *records) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.recs = append(r.recs, rec.Clone())
+	return nil
+}
+func (r *records) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *records) WithGroup(string) slog.Handler      { return r }
+
+// failures are the "projection failed" records: the seq of each and when.
+func (r *records) failures() (seqs []uint64, at []time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, rec := range r.recs {
+		if rec.Level != slog.LevelError {
+			continue
+		}
+		rec.Attrs(func(a slog.Attr) bool {
+			if a.Key == "seq" {
+				seqs, at = append(seqs, a.Value.Uint64()), append(at, rec.Time)
+			}
+			return true
+		})
+	}
+	return seqs, at
+}
+
+// TestAFailingEventIsRetriedNotSkipped: a message on RESULTS that cannot be
+// folded (published by hand, not JSON) stops the read models at it: the
+// failure is reported with its sequence, retried with growing waits, and
+// nothing after it is folded.
+func TestAFailingEventIsRetriedNotSkipped(t *testing.T) {
+	env := natstest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	bus, err := planbus.New(ctx, env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &records{}
+	db, err := sqlite.Open(filepath.Join(t.TempDir(), "results.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	r := projections.NewResultsRunner(db, bus, slog.New(rec))
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+
+	w := &workload{rnd: rand.New(rand.NewPCG(7, 7)), js: env.JS, servers: []string{"web1"}}
+	good := uuid.New()
+	w.script(t, "web1", &events.ScriptStarted{ID: good, Server: "web1", Attempt: 1})
+	bad, err := env.JS.Publish(ctx, scriptSubject(t, "web1", &events.ScriptFinished{ID: good}), []byte("not json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := uuid.New()
+	w.script(t, "web1", &events.ScriptStarted{ID: after, Server: "web1", Attempt: 1})
+
+	// Three reports of the bad event, each wait longer than the one before.
+	deadline := time.Now().Add(20 * time.Second)
+	var seqs []uint64
+	var at []time.Time
+	for len(seqs) < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("failures reported: %v", seqs)
+		}
+		time.Sleep(50 * time.Millisecond)
+		seqs, at = rec.failures()
+	}
+	for _, s := range seqs {
+		if s != bad.Sequence {
+			t.Errorf("a failure reported at sequence %d, want %d", s, bad.Sequence)
+		}
+	}
+	if d1, d2 := at[1].Sub(at[0]), at[2].Sub(at[1]); d2 <= d1 {
+		t.Errorf("waits between retries %s then %s: not growing", d1, d2)
+	}
+	if seq := r.Seq(); seq >= bad.Sequence {
+		t.Errorf("the read models reached %d, past the event at %d that cannot be folded", seq, bad.Sequence)
+	}
+	if _, err := db.Script(ctx, after); err == nil {
+		t.Error("a result after the failing event was folded: the event was skipped")
+	}
+	cancel()
+	if err := <-done; err == nil {
+		t.Error("the runner stopped without saying why")
+	}
 }

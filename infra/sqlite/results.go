@@ -23,7 +23,8 @@ var (
 // resultsSchema holds the results read models (projections.FoldResult).
 // Script logs are keyed by their first sequence, so that listings, newest
 // first, walk the table's own order; the columns a filter uses are
-// indexed; the text and output come last, so a listing never reads them.
+// indexed (queryIndexes); the text and output come last, so a listing
+// never reads them.
 const resultsSchema = `
 CREATE TABLE IF NOT EXISTS scripts (
 	seq     INTEGER PRIMARY KEY,
@@ -38,12 +39,6 @@ CREATE TABLE IF NOT EXISTS scripts (
 	stdout  BLOB    NOT NULL,
 	stderr  BLOB    NOT NULL
 );
-CREATE INDEX IF NOT EXISTS scripts_by_server  ON scripts (server, seq);
-CREATE INDEX IF NOT EXISTS scripts_by_server_state ON scripts (server, state, seq);
-CREATE INDEX IF NOT EXISTS scripts_by_state   ON scripts (state, seq);
-CREATE INDEX IF NOT EXISTS scripts_by_backend ON scripts (backend, seq);
-CREATE INDEX IF NOT EXISTS scripts_by_unit    ON scripts (unit, seq);
-CREATE INDEX IF NOT EXISTS scripts_by_created ON scripts (created);
 
 CREATE TABLE IF NOT EXISTS operations (
 	type    TEXT    NOT NULL,
@@ -55,15 +50,12 @@ CREATE TABLE IF NOT EXISTS operations (
 	time    INTEGER NOT NULL, -- unix nanoseconds
 	PRIMARY KEY (type, name, seq, idx)
 );
-CREATE INDEX IF NOT EXISTS operations_by_script ON operations (script);
-CREATE INDEX IF NOT EXISTS operations_by_time   ON operations (time);
 
 CREATE TABLE IF NOT EXISTS units (
 	id      TEXT    PRIMARY KEY,
 	planned INTEGER NOT NULL, -- unix nanoseconds
 	doc     BLOB    NOT NULL  -- projections.UnitLog, JSON
 );
-CREATE INDEX IF NOT EXISTS units_by_planned ON units (planned);
 
 CREATE TABLE IF NOT EXISTS server_status (
 	name TEXT PRIMARY KEY,
@@ -91,7 +83,7 @@ func (db *DB) CommitResults(ctx context.Context, seq uint64, batch []projections
 				continue
 			}
 			if err := projections.FoldResult(w, e); err != nil {
-				return fmt.Errorf("event %d (%s): %w", e.Sequence, e.Subject, err)
+				return &projections.EventError{Seq: e.Sequence, Err: fmt.Errorf("%s: %w", e.Subject, err)}
 			}
 		}
 		if err := w.save(); err != nil {

@@ -42,7 +42,6 @@ CREATE TABLE IF NOT EXISTS rows (
 	doc     BLOB    NOT NULL,
 	PRIMARY KEY (tbl, key)
 );
-CREATE INDEX IF NOT EXISTS rows_by_group ON rows (tbl, grp, key);
 
 CREATE TABLE IF NOT EXISTS checkpoints (
 	projection TEXT    PRIMARY KEY,
@@ -61,6 +60,50 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 CREATE INDEX IF NOT EXISTS idempotency_by_created ON idempotency (created);
 `
+
+// queryIndexes are the indexes only queries use: folds and commits look
+// rows up by their keys. A replay builds them once it has caught up
+// (DeferQueryIndexes, BuildQueryIndexes), which is quicker than keeping
+// them up to date row by row.
+var queryIndexes = []struct{ name, on string }{
+	{"rows_by_group", "rows (tbl, grp, key)"},
+	{"scripts_by_server", "scripts (server, seq)"},
+	{"scripts_by_server_state", "scripts (server, state, seq)"},
+	{"scripts_by_state", "scripts (state, seq)"},
+	{"scripts_by_backend", "scripts (backend, seq)"},
+	{"scripts_by_unit", "scripts (unit, seq)"},
+	{"scripts_by_created", "scripts (created)"},
+	{"operations_by_time", "operations (time)"},
+	{"units_by_planned", "units (planned)"},
+}
+
+// DeferQueryIndexes drops the indexes only queries use, for a replay into
+// this file; BuildQueryIndexes makes them again.
+func (db *DB) DeferQueryIndexes(ctx context.Context) error {
+	return db.write(ctx, func(tx *sql.Tx) error {
+		for _, ix := range queryIndexes {
+			if _, err := tx.ExecContext(ctx, "DROP INDEX IF EXISTS "+ix.name); err != nil {
+				return fmt.Errorf("drop index %s: %w", ix.name, err)
+			}
+		}
+		return nil
+	})
+}
+
+// BuildQueryIndexes makes the indexes only queries use, those missing.
+func (db *DB) BuildQueryIndexes(ctx context.Context) error {
+	return db.write(ctx, func(tx *sql.Tx) error { return buildQueryIndexes(ctx, tx) })
+}
+
+func buildQueryIndexes(ctx context.Context, tx *sql.Tx) error {
+	for _, ix := range queryIndexes {
+		// Names and columns are constants.
+		if _, err := tx.ExecContext(ctx, "CREATE INDEX IF NOT EXISTS "+ix.name+" ON "+ix.on); err != nil {
+			return fmt.Errorf("create index %s: %w", ix.name, err)
+		}
+	}
+	return nil
+}
 
 // writerCacheKiB is the page cache of the writer connection. The writer's
 // cache stays valid from one commit to the next (no other connection
@@ -191,6 +234,9 @@ func (db *DB) init(ctx context.Context) error {
 		}
 		if _, err := tx.ExecContext(ctx, schema+resultsSchema); err != nil {
 			return fmt.Errorf("create schema: %w", err)
+		}
+		if err := buildQueryIndexes(ctx, tx); err != nil {
+			return err
 		}
 		if v == schemaVersion {
 			return nil
