@@ -328,7 +328,11 @@ func (r *Replays) Start(projection string) ([]gateway.ReplayStatus, error) {
 				now := time.Now()
 				st.Error, st.Finished = err.Error(), &now
 				r.status[m.name] = st
-				r.log.Error("replay failed", "projection", m.name, "err", err)
+				if r.ctx.Err() != nil {
+					r.log.Info("replay stopped with the process; the old copy stays", "projection", m.name)
+				} else {
+					r.log.Error("replay failed", "projection", m.name, "err", err)
+				}
 				return
 			}
 			r.log.Info("replay done; the API reads the new copy", "projection", m.name, "seq", st.Seq, "took", time.Since(st.Started).Round(time.Millisecond))

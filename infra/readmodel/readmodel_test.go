@@ -201,19 +201,27 @@ func dump(t *testing.T, path string) string {
 	return b.String()
 }
 
+// startBus starts an embedded JetStream with Orchestra's streams and the
+// planner's bus on it.
+func startBus(t testing.TB) (*natstest.Env, *planbus.Bus) {
+	t.Helper()
+	env := natstest.Start(t)
+	bus, err := planbus.New(context.Background(), env.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env, bus
+}
+
 // TestLiveEqualsReplay is the property: for random workloads, the results
 // read models built live, while the results arrive, are the same, row for
 // row, as the ones a replay rebuilds from sequence 1.
 func TestLiveEqualsReplay(t *testing.T) {
 	for _, seed := range []uint64{1, 2, 3} {
 		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
-			env := natstest.Start(t)
+			env, bus := startBus(t)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			bus, err := planbus.New(ctx, env.JS)
-			if err != nil {
-				t.Fatal(err)
-			}
 			log := slog.New(slog.DiscardHandler)
 			newRunner := func(db *sqlite.DB) readmodel.Runner { return projections.NewResultsRunner(db, bus, log) }
 			dir := t.TempDir()
@@ -331,13 +339,9 @@ func (r *records) failures() (seqs []uint64, at []time.Time) {
 // failure is reported with its sequence, retried with growing waits, and
 // nothing after it is folded.
 func TestAFailingEventIsRetriedNotSkipped(t *testing.T) {
-	env := natstest.Start(t)
+	env, bus := startBus(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	bus, err := planbus.New(ctx, env.JS)
-	if err != nil {
-		t.Fatal(err)
-	}
 	rec := &records{}
 	db, err := sqlite.Open(filepath.Join(t.TempDir(), "results.db"))
 	if err != nil {
