@@ -354,11 +354,15 @@ func (db *DB) Scripts(ctx context.Context, f projections.ScriptFilter) ([]projec
 	if limit <= 0 {
 		limit = DefaultListLimit
 	}
-	q := "SELECT seq, entry FROM scripts"
+	// The page's keys first, from the indexes alone where they hold the
+	// filtered columns (every index holds seq, the table's key), then
+	// the rows of those keys: a filter that matches thousands of rows
+	// (an hour of logs) sorts their keys, not the rows.
+	q := "SELECT seq FROM scripts"
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
-	q += " ORDER BY seq DESC LIMIT ?"
+	q = "SELECT seq, entry FROM scripts WHERE seq IN (" + q + " ORDER BY seq DESC LIMIT ?) ORDER BY seq DESC"
 	rs, err := db.sql.QueryContext(ctx, q, append(args, limit)...)
 	if err != nil {
 		return nil, fmt.Errorf("list scripts: %w", err)
