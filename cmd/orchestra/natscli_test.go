@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -92,6 +95,53 @@ func TestNATSCLIReplaysEvents(t *testing.T) {
 	if out, err := nats("stream", "info", "EVENTS"); err != nil || !strings.Contains(out, "Messages: "+strconv.Itoa(from-1+len(want))) {
 		t.Fatalf("nats stream info EVENTS (%v):\n%s", err, out)
 	}
+	// RESULTS as the NATS CLI replays it to its end (-T) and as the API's
+	// stream replays it: the same results, in the same order.
+	resp, err := http.Get(p.http + "/v1/stream?follow=false&since=24h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("GET /v1/stream without a token: %d", resp.StatusCode)
+	}
+	req, _ := http.NewRequestWithContext(ctx, "GET", p.http+"/v1/stream?follow=false&since=24h", nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken(t, data))
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fromAPI []string
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if data, ok := strings.CutPrefix(line, "data: "); ok {
+			var ev struct {
+				Result json.RawMessage `json:"result"`
+			}
+			if err := json.Unmarshal([]byte(data), &ev); err != nil {
+				t.Fatal(err)
+			}
+			fromAPI = append(fromAPI, canonical(t, ev.Result))
+		}
+	}
+	if len(fromAPI) == 0 {
+		t.Fatalf("GET /v1/stream gave no results:\n%s", body)
+	}
+	out, err = nats("sub", "--stream", "RESULTS", "--all", "-T", "--raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fromCLI []string
+	for line := range strings.SplitSeq(strings.TrimRight(out, "\n"), "\n") {
+		fromCLI = append(fromCLI, canonical(t, []byte(line)))
+	}
+	if len(fromCLI) < len(fromAPI) || strings.Join(fromCLI[:len(fromAPI)], "\n") != strings.Join(fromAPI, "\n") {
+		t.Fatalf("nats sub --stream RESULTS --all -T printed:\n%s\nthe API's stream:\n%s", strings.Join(fromCLI, "\n"), strings.Join(fromAPI, "\n"))
+	}
 	// Without the password the server refuses the CLI.
 	cmd := exec.CommandContext(ctx, cli, "-s", p.nats, "stream", "info", "EVENTS")
 	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+dir)
@@ -107,3 +157,17 @@ type cliError struct {
 }
 
 func (e *cliError) Error() string { return e.err.Error() + ": " + e.stderr }
+
+// canonical is a JSON document with its keys sorted.
+func canonical(t *testing.T, doc []byte) string {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(doc, &v); err != nil {
+		t.Fatalf("%v: %s", err, doc)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
