@@ -158,7 +158,11 @@ const pruneEvery = time.Hour
 // their messages, so a replay would not bring them back either.
 func (c *core) prune(ctx context.Context) error {
 	for {
-		n, err := c.results.DB().PruneResults(ctx, time.Now().Add(-c.retention))
+		var n int64
+		err := c.results.Use(func(db *sqlite.DB) (err error) {
+			n, err = db.PruneResults(ctx, time.Now().Add(-c.retention))
+			return err
+		})
 		if err != nil && ctx.Err() == nil {
 			c.log.Warn("pruning the results read model failed; trying again later", "err", err)
 		}

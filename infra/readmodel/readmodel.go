@@ -41,11 +41,12 @@ type Runner interface {
 
 // generation is one file of a read model and the runner that fills it.
 type generation struct {
-	file   string
-	db     *sqlite.DB
-	runner Runner
-	cancel context.CancelFunc
-	done   chan error // the runner's end
+	file    string
+	db      *sqlite.DB
+	readers sync.WaitGroup // reads in flight: the file stays open until they end
+	runner  Runner
+	cancel  context.CancelFunc
+	done    chan error // the runner's end
 }
 
 // Model is a read model, swappable by a replay.
@@ -58,6 +59,7 @@ type Model struct {
 	log          *slog.Logger
 
 	cur      atomic.Pointer[generation]
+	swap     sync.RWMutex    // held to take a reader's place on cur, and to replace cur
 	mu       sync.Mutex      // one replay at a time
 	runCtx   context.Context // Run's, which live runners run under; nil until Run
 	failures chan error      // a live runner that failed: ends Run
@@ -210,8 +212,11 @@ func (m *Model) Replay(ctx context.Context, progress func(gateway.ReplayStatus))
 	old := m.cur.Load()
 	stop(old)
 	next.runner = m.live(db)
+	m.swap.Lock()
 	m.cur.Store(next)
+	m.swap.Unlock()
 	m.start(m.runCtx, next)
+	old.readers.Wait() // reads of the old file end before it is closed
 	if err := files.WriteAtomic(m.pointer(), []byte(file+"\n"), 0o600); err != nil {
 		return fmt.Errorf("replay %s: %w", m.name, err)
 	}
@@ -238,8 +243,31 @@ func removeDB(path string) error {
 
 // The views of the current generation the gateway reads.
 
-// DB is the current generation's file.
+// DB is the current generation's file. A replay may close it once it has
+// switched: reads go through Use.
 func (m *Model) DB() *sqlite.DB { return m.cur.Load().db }
+
+// Use calls fn with the current generation's file, which stays open until
+// fn returns, even when a replay switches meanwhile.
+func (m *Model) Use(fn func(db *sqlite.DB) error) error {
+	m.swap.RLock()
+	g := m.cur.Load()
+	g.readers.Add(1)
+	m.swap.RUnlock()
+	defer g.readers.Done()
+	return fn(g.db)
+}
+
+// read is Use for a read that returns a value.
+func read[T any](m *Model, fn func(db *sqlite.DB) (T, error)) (T, error) {
+	var v T
+	err := m.Use(func(db *sqlite.DB) error {
+		var err error
+		v, err = fn(db)
+		return err
+	})
+	return v, err
+}
 
 // Seq implements gateway.Waiter.
 func (m *Model) Seq() uint64 { return m.cur.Load().runner.Seq() }
@@ -260,12 +288,12 @@ func (m *Model) WaitFor(ctx context.Context, seq uint64) error {
 
 // Get implements gateway.Reader.
 func (m *Model) Get(ctx context.Context, table, key string) (projections.Row, error) {
-	return m.DB().Get(ctx, table, key)
+	return read(m, func(db *sqlite.DB) (projections.Row, error) { return db.Get(ctx, table, key) })
 }
 
 // List implements gateway.Reader.
 func (m *Model) List(ctx context.Context, q projections.Query) ([]projections.Row, error) {
-	return m.DB().List(ctx, q)
+	return read(m, func(db *sqlite.DB) ([]projections.Row, error) { return db.List(ctx, q) })
 }
 
 var (
@@ -370,23 +398,25 @@ type ResultsView struct {
 var _ gateway.Logs = ResultsView{}
 
 func (v ResultsView) Script(ctx context.Context, id uuid.UUID) (projections.ScriptLog, error) {
-	return v.DB().Script(ctx, id)
+	return read(v.Model, func(db *sqlite.DB) (projections.ScriptLog, error) { return db.Script(ctx, id) })
 }
 
 func (v ResultsView) Scripts(ctx context.Context, f projections.ScriptFilter) ([]projections.EntryDoc, error) {
-	return v.DB().Scripts(ctx, f)
+	return read(v.Model, func(db *sqlite.DB) ([]projections.EntryDoc, error) { return db.Scripts(ctx, f) })
 }
 
 func (v ResultsView) Unit(ctx context.Context, id uuid.UUID) (projections.UnitLog, error) {
-	return v.DB().Unit(ctx, id)
+	return read(v.Model, func(db *sqlite.DB) (projections.UnitLog, error) { return db.Unit(ctx, id) })
 }
 
 func (v ResultsView) ServerStatus(ctx context.Context, name string) (projections.ServerStatus, error) {
-	return v.DB().ServerStatus(ctx, name)
+	return read(v.Model, func(db *sqlite.DB) (projections.ServerStatus, error) { return db.ServerStatus(ctx, name) })
 }
 
 func (v ResultsView) History(ctx context.Context, typ, name string, after projections.HistoryCursor, limit int) ([]projections.ResourceOp, error) {
-	return v.DB().History(ctx, typ, name, after, limit)
+	return read(v.Model, func(db *sqlite.DB) ([]projections.ResourceOp, error) {
+		return db.History(ctx, typ, name, after, limit)
+	})
 }
 
 // CatchUp implements gateway.Logs.

@@ -253,9 +253,43 @@ func TestLiveEqualsReplay(t *testing.T) {
 			before := dump(t, liveFile)
 
 			// Replay beside it; once it has caught up, the live file is
-			// replaced by the replayed one.
+			// replaced by the replayed one. Meanwhile the API's reads see
+			// every script, from the old copy, then from the new one.
+			view := readmodel.ResultsView{Model: live, Bus: bus}
+			all, err := view.Scripts(ctx, projections.ScriptFilter{Limit: 100000})
+			if err != nil {
+				t.Fatal(err)
+			}
+			reads := make(chan error, 1)
+			replaying := make(chan struct{})
+			go func() {
+				n := 0
+				defer func() { t.Logf("%d reads during the replay", n) }()
+				for {
+					got, err := view.Scripts(ctx, projections.ScriptFilter{Limit: 100000})
+					if err == nil && len(got) != len(all) {
+						err = fmt.Errorf("a read during the replay saw %d scripts, not %d", len(got), len(all))
+					}
+					n++
+					select {
+					case <-replaying:
+						reads <- err
+						return
+					default:
+						if err != nil {
+							reads <- err
+							return
+						}
+					}
+				}
+			}()
 			var progress []gateway.ReplayStatus
-			if err := live.Replay(ctx, func(p gateway.ReplayStatus) { progress = append(progress, p) }); err != nil {
+			err = live.Replay(ctx, func(p gateway.ReplayStatus) { progress = append(progress, p) })
+			close(replaying)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := <-reads; err != nil {
 				t.Fatal(err)
 			}
 			replayed := onlyDB(t, dir)
