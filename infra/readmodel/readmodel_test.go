@@ -19,11 +19,13 @@ import (
 
 	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/gateway"
+	"github.com/orchestra-fleet/orchestra/infra/eventstore"
 	"github.com/orchestra-fleet/orchestra/infra/natstest"
 	"github.com/orchestra-fleet/orchestra/infra/planbus"
 	"github.com/orchestra-fleet/orchestra/infra/readmodel"
 	"github.com/orchestra-fleet/orchestra/infra/sqlite"
 	"github.com/orchestra-fleet/orchestra/projections"
+	"github.com/orchestra-fleet/orchestra/services"
 )
 
 // workload publishes a random history of units and scripts onto RESULTS:
@@ -153,8 +155,23 @@ func (w *workload) unit(t *testing.T, at time.Time) {
 	}
 }
 
-// dump is every row of the results read models in a file, in key order.
-func dump(t *testing.T, path string) string {
+// The queries that dump a read model's file, every row in key order.
+var (
+	resultsTables = []string{
+		`SELECT seq, id, server, backend, unit, state, created, entry, script, hex(stdout), hex(stderr) FROM scripts ORDER BY seq`,
+		`SELECT type, name, seq, idx, doc, script, time FROM operations ORDER BY type, name, seq, idx`,
+		`SELECT id, planned, doc FROM units ORDER BY id`,
+		`SELECT name, doc FROM server_status ORDER BY name`,
+		`SELECT projection, seq FROM checkpoints ORDER BY projection`,
+	}
+	modelTables = []string{
+		`SELECT tbl, key, grp, version, doc FROM rows ORDER BY tbl, key`,
+		`SELECT projection, seq FROM checkpoints ORDER BY projection`,
+	}
+)
+
+// dump runs the queries on the file at path and prints what they give.
+func dump(t *testing.T, path string, queries []string) string {
 	t.Helper()
 	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
 	if err != nil {
@@ -162,13 +179,7 @@ func dump(t *testing.T, path string) string {
 	}
 	defer db.Close()
 	var b strings.Builder
-	for _, q := range []string{
-		`SELECT seq, id, server, backend, unit, state, created, entry, script, hex(stdout), hex(stderr) FROM scripts ORDER BY seq`,
-		`SELECT type, name, seq, idx, doc, script, time FROM operations ORDER BY type, name, seq, idx`,
-		`SELECT id, planned, doc FROM units ORDER BY id`,
-		`SELECT name, doc FROM server_status ORDER BY name`,
-		`SELECT projection, seq FROM checkpoints ORDER BY projection`,
-	} {
+	for _, q := range queries {
 		rows, err := db.Query(q)
 		if err != nil {
 			t.Fatal(err)
@@ -250,7 +261,7 @@ func TestLiveEqualsReplay(t *testing.T) {
 				t.Fatalf("the live read models did not reach %d: %v", last, err)
 			}
 			liveFile := onlyDB(t, dir)
-			before := dump(t, liveFile)
+			before := dump(t, liveFile, resultsTables)
 
 			// Replay beside it; once it has caught up, the live file is
 			// replaced by the replayed one. Meanwhile the API's reads see
@@ -296,7 +307,7 @@ func TestLiveEqualsReplay(t *testing.T) {
 			if replayed == liveFile {
 				t.Fatal("the replay left the read model in the same file")
 			}
-			if after := dump(t, replayed); after != before {
+			if after := dump(t, replayed, resultsTables); after != before {
 				t.Fatalf("replayed read models differ from the live ones (%d results):\n%s", w.msgs, diff(before, after))
 			}
 			if !strings.Contains(before, "FAILURE") || !strings.Contains(before, "DROPPED") {
@@ -425,4 +436,93 @@ func TestAFailingEventIsRetriedNotSkipped(t *testing.T) {
 	if err := <-done; err == nil {
 		t.Error("the runner stopped without saying why")
 	}
+}
+
+// TestModelLiveEqualsReplay is the same property for the model read model
+// (servers, resources): random saves and deletes, folded live while they
+// are appended, then replayed.
+func TestModelLiveEqualsReplay(t *testing.T) {
+	env, _ := startBus(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reg, err := events.NewRegistry(events.Catalog()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := eventstore.New(ctx, eventstore.Config{JetStream: env.JS, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	newRunner := func(db *sqlite.DB) readmodel.Runner {
+		return projections.NewRunner(projections.NewModel(reg), db, store, log)
+	}
+	dir := t.TempDir()
+	live, err := readmodel.Open("model", dir, newRunner, newRunner, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- live.Run(ctx) }()
+
+	rnd := rand.New(rand.NewPCG(11, 12))
+	seqOf := map[events.Aggregate]uint64{} // the aggregate's last event, for the compare-and-set
+	exists := map[events.Aggregate]bool{}
+	var last uint64
+	for i := range 400 {
+		u, err := services.NewUnit(events.Meta{Actor: "tester"}, time.Date(2026, 3, 1, 12, 0, i, 0, time.UTC))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var agg events.Aggregate
+		var p events.Payload
+		if rnd.IntN(2) == 0 {
+			name := fmt.Sprint("web", rnd.IntN(8))
+			agg = events.Aggregate{Type: events.AggServer, ID: name}
+			p = &events.ServerSaved{Server: events.Server{Name: name, Address: fmt.Sprint("10.0.0.", rnd.IntN(250)), Port: 22, Method: "ssh", Active: rnd.IntN(4) > 0}}
+			if exists[agg] && rnd.IntN(4) == 0 {
+				p = &events.ServerDeleted{Name: name}
+			}
+		} else {
+			name := fmt.Sprint("s", rnd.IntN(20))
+			agg = events.Aggregate{Type: events.AggResource, ID: services.ResourceName("site", name)}
+			p = &events.ResourceSaved{Resource: events.Resource{Type: "site", Name: name, Attrs: json.RawMessage(fmt.Sprintf(`{"n":%d}`, rnd.IntN(1000)))}}
+			if exists[agg] && rnd.IntN(4) == 0 {
+				p = &events.ResourceDeleted{Type: "site", Name: name}
+			}
+		}
+		u.Expect(agg, seqOf[agg])
+		if err := u.Add(agg, p); err != nil {
+			t.Fatal(err)
+		}
+		a, err := store.Append(ctx, u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last, seqOf[agg] = a.Last, a.Last
+		switch p.(type) {
+		case *events.ServerDeleted, *events.ResourceDeleted:
+			exists[agg] = false
+		default:
+			exists[agg] = true
+		}
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if err := live.WaitFor(wctx, last); err != nil {
+		t.Fatalf("the live read model did not reach %d: %v", last, err)
+	}
+	liveFile := onlyDB(t, dir)
+	before := dump(t, liveFile, modelTables)
+	if err := live.Replay(ctx, func(gateway.ReplayStatus) {}); err != nil {
+		t.Fatal(err)
+	}
+	if after := dump(t, onlyDB(t, dir), modelTables); after != before {
+		t.Fatalf("the replayed model differs from the live one:\n%s", diff(before, after))
+	}
+	if !strings.Contains(before, "servers web") || !strings.Contains(before, "resources site") {
+		t.Fatalf("the workload left no rows:\n%s", before)
+	}
+	cancel()
+	<-done
 }
