@@ -51,7 +51,11 @@ func params(r *http.Request, known ...string) (url.Values, error) {
 	}
 	if len(unknown) > 0 {
 		slices.Sort(unknown)
-		return nil, services.FieldErrorf(services.EBADREQUEST, unknown[0], "is not a parameter of %s; it takes %s",
+		name := unknown[0]
+		if name == "" {
+			name = "(empty name)" // ?=x
+		}
+		return nil, services.FieldErrorf(services.EBADREQUEST, name, "is not a parameter of %s; it takes %s",
 			r.URL.Path, strings.Join(known, ", "))
 	}
 	return q, nil
