@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
@@ -92,7 +93,7 @@ func parseSeqCursor(q url.Values) (projections.HistoryCursor, error) {
 		s, i, ok := strings.Cut(string(b[1:]), ".")
 		seq, serr := strconv.ParseUint(s, 10, 64)
 		idx, ierr := strconv.Atoi(i)
-		if ok && serr == nil && ierr == nil && seq > 0 && idx >= -1 {
+		if ok && serr == nil && ierr == nil && seq > 0 && seq <= math.MaxInt64 && idx >= -1 {
 			return projections.HistoryCursor{Seq: seq, Index: idx}, nil
 		}
 	}
@@ -106,6 +107,9 @@ func parseTime(q url.Values, name string, now time.Time) (time.Time, error) {
 		return time.Time{}, nil
 	}
 	if t, err := time.Parse(time.RFC3339Nano, raw); err == nil {
+		if t.Year() < 1700 || t.Year() > 2200 {
+			return time.Time{}, services.FieldErrorf(services.EBADREQUEST, name, "%q is out of range (years 1700 to 2200)", raw)
+		}
 		return t, nil
 	}
 	if d, err := time.ParseDuration(raw); err == nil && d >= 0 {

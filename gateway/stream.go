@@ -101,13 +101,18 @@ func (a *api) parseStream(r *http.Request) (streamQuery, error) {
 			if !slices.Contains(ResultKinds, k) {
 				return s, services.FieldErrorf(services.EBADREQUEST, "kind", "%q is not a kind; want one or more of %s", k, strings.Join(ResultKinds, ", "))
 			}
-			s.kinds = append(s.kinds, k)
+			if !slices.Contains(s.kinds, k) {
+				s.kinds = append(s.kinds, k)
+			}
 		}
 	}
 	if s.server = q.Get("server"); s.server != "" {
 		if _, err := events.Token(s.server); err != nil {
 			return s, services.FieldErrorf(services.EBADREQUEST, "server", "%q is not a server name", s.server)
 		}
+	}
+	if s.server != "" && len(s.kinds) > 0 && !slices.ContainsFunc(s.kinds, func(k string) bool { return k != "UnitPlanned" }) {
+		return s, services.FieldErrorf(services.EBADREQUEST, "kind", "UnitPlanned records are about no one server: with server=, ask for script results")
 	}
 	if s.unit, err = uuidParam("unit", q.Get("unit")); err != nil {
 		return s, err
@@ -208,6 +213,13 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request, _ services.Principa
 		}
 		q.From = first
 	}
+	if q.From > 1 {
+		// Where the stream starts, as an id of its own: a client that
+		// reconnects before any event resumes from here, not from "now".
+		if _, err := fmt.Fprintf(w, "id: %d\n\n", q.From-1); err != nil {
+			return nil
+		}
+	}
 	flusher.Flush()
 
 	writes := make(chan error, 1)
@@ -228,6 +240,7 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request, _ services.Principa
 		close(items)
 	}()
 	known := map[uuid.UUID]scriptInfo{}
+	unflushed := false
 	for {
 		select {
 		case it, ok := <-items:
@@ -237,15 +250,15 @@ func (a *api) stream(w http.ResponseWriter, r *http.Request, _ services.Principa
 				}
 				return nil
 			}
-			ev, keep := describe(ctx, it, known, a.logs)
-			if !keep || !f.keep(ev) {
-				continue
+			if ev, keep := describe(ctx, it, known, a.logs); keep && f.keep(ev) {
+				if err := writeEvent(w, it.Sequence, ev.Kind, ev); err != nil {
+					return nil // the client went away
+				}
+				unflushed = true
 			}
-			if err := writeEvent(w, it.Sequence, ev.Kind, ev); err != nil {
-				return nil // the client went away
-			}
-			if len(items) == 0 {
+			if unflushed && len(items) == 0 {
 				flusher.Flush()
+				unflushed = false
 			}
 		case <-tick.C:
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {

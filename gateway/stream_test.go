@@ -180,6 +180,7 @@ func TestStreamResumesWithLastEventID(t *testing.T) {
 
 	want := e.scriptRun(t, server, unit, 5)
 	e.scriptRun(t, "other-"+server, unit, 2) // another server: filtered out
+	consumers := e.resultConsumers(t)
 	s := e.openStream(t, "server="+server+"&since="+start, nil)
 	var got []sseEvent
 	for range 4 {
@@ -216,7 +217,8 @@ func TestStreamResumesWithLastEventID(t *testing.T) {
 	if g := ids(t, replay); !slices.Equal(g, want) {
 		t.Fatalf("replayed events %v, want %v", g, want)
 	}
-	outputs := e.openStream(t, "follow=false&kind=ScriptOutput&server="+server+"&since="+start, nil).all(t)
+	// A kind named twice is one filter.
+	outputs := e.openStream(t, "follow=false&kind=ScriptOutput,ScriptOutput&server="+server+"&since="+start, nil).all(t)
 	if len(outputs) != 11 {
 		t.Errorf("kind=ScriptOutput gave %d events, want 11", len(outputs))
 	}
@@ -225,6 +227,29 @@ func TestStreamResumesWithLastEventID(t *testing.T) {
 			t.Errorf("kind=ScriptOutput gave a %s", ev.Event)
 		}
 	}
+	// Every stream's consumer goes with it.
+	s.close()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.resultConsumers(t) > consumers {
+		if time.Now().After(deadline) {
+			t.Fatalf("RESULTS has %d consumers after the streams ended, %d before", e.resultConsumers(t), consumers)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// resultConsumers is how many consumers RESULTS has.
+func (e *env) resultConsumers(t *testing.T) int {
+	t.Helper()
+	stream, err := e.JS.Stream(context.Background(), events.StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Consumers
 }
 
 // TestStreamFiltersByUnit: a unit's stream has its scripts' output, though
@@ -281,6 +306,7 @@ func TestStreamRefusesBadInput(t *testing.T) {
 	}{
 		{"unknown kind", "kind=ScriptDone", nil, "kind"},
 		{"unknown parameter", "sever=web1", nil, "sever"},
+		{"unit records of a server", "kind=UnitPlanned&server=web1", nil, "kind"},
 		{"bad unit", "unit=nope", nil, "unit"},
 		{"bad follow", "follow=maybe", nil, "follow"},
 		{"bad since", "since=yesterday", nil, "since"},

@@ -29,8 +29,11 @@ type ResultEnvelope struct {
 	Sequence uint64
 	Subject  string
 	Time     time.Time // when the stream stored it
-	Result   events.Result
-	Err      error // why the message could not be decoded; Result is nil
+	// Result is nil when Err says why the message is not a well-formed
+	// result; nil with no Err, the envelope is a position only (RESULTS
+	// has gone past this sequence and retention removed what was before).
+	Result events.Result
+	Err    error
 }
 
 // UnitLog is a unit of work's roll-up: what was planned, dropped, and
@@ -140,10 +143,11 @@ type ResourceOpOf struct {
 }
 
 // FoldResult folds one result into the read models.
+//
+// An envelope without a result changes nothing: a position, or a message
+// that is not a well-formed result, which the store records as rejected
+// and the runner reports.
 func FoldResult(w Working, e ResultEnvelope) error {
-	if e.Err != nil {
-		return e.Err
-	}
 	switch r := e.Result.(type) {
 	case *events.UnitPlanned:
 		return foldUnit(w, e.Sequence, r)
@@ -153,6 +157,7 @@ func FoldResult(w Working, e ResultEnvelope) error {
 			return err
 		}
 		l.Fold(r)
+		l.Updated = e.Time
 		w.PutScript(l)
 		ops := make([]ResourceOpOf, len(r.Operations))
 		for i, op := range r.Operations {
@@ -162,17 +167,18 @@ func FoldResult(w Working, e ResultEnvelope) error {
 		w.AddOperations(ops)
 		return touch(w, l)
 	case *events.ScriptStarted:
-		return foldScript(w, e.Sequence, r.ID, r.Attempt, r)
+		return foldScript(w, e, r.ID, r.Attempt)
 	case *events.ScriptOutput:
 		l, err := w.Script(r.ID)
 		if err != nil || l == nil {
 			return err // output of a script whose start expired: nothing to add it to
 		}
 		l.Fold(r)
+		l.Updated = e.Time
 		w.PutScript(l)
 		return nil
 	case *events.ScriptFinished:
-		return foldScript(w, e.Sequence, r.ID, r.Attempt, r)
+		return foldScript(w, e, r.ID, r.Attempt)
 	}
 	return nil
 }
@@ -189,13 +195,15 @@ func scriptLog(w Working, id uuid.UUID, seq uint64) (*ScriptLog, error) {
 // foldScript folds a start or an end of an attempt into a script's log,
 // its unit and its server. A result of an attempt older than the latest
 // says nothing of the server now.
-func foldScript(w Working, seq uint64, id uuid.UUID, attempt int, r events.Result) error {
-	l, err := scriptLog(w, id, seq)
+func foldScript(w Working, e ResultEnvelope, id uuid.UUID, attempt int) error {
+	l, err := scriptLog(w, id, e.Sequence)
 	if err != nil {
 		return err
 	}
 	stale := attempt < l.Attempt
+	r := e.Result
 	l.Fold(r)
+	l.Updated = e.Time
 	w.PutScript(l)
 	if stale {
 		return touch(w, l)
@@ -303,8 +311,9 @@ type ResultsReader interface {
 // infra/sqlite implements it.
 type ResultsStore interface {
 	Checkpoint(ctx context.Context, projection string) (uint64, error)
-	// CommitResults folds batch into the read models with FoldResult and
-	// moves the checkpoint to seq, in one transaction.
+	// CommitResults folds batch into the read models with FoldResult,
+	// records the envelopes that carry an Err as rejected, and moves the
+	// checkpoint to seq, in one transaction.
 	CommitResults(ctx context.Context, seq uint64, batch []ResultEnvelope) error
 }
 
@@ -326,7 +335,10 @@ type ResultsRunner struct {
 
 // NewResultsRunner returns a runner of the results read models in store.
 // A batch that cannot be committed is retried with backoff and reported to
-// log with its sequence.
+// log with its sequence; a message that is not a well-formed result (not
+// JSON, or about another server than its subject's) is reported to log
+// with its sequence and recorded as rejected in the store — retrying it
+// could only fail again, and would hold every server's logs back.
 func NewResultsRunner(store ResultsStore, src ResultsSource, log *slog.Logger) *ResultsRunner {
 	return &ResultsRunner{store: store, src: src, log: log}
 }
@@ -341,6 +353,12 @@ func (r *ResultsRunner) Run(ctx context.Context) error {
 	c := newCommitter(ResultsName, r.store.CommitResults, r.moved, r.log)
 	return c.run(ctx, func(ctx context.Context) error {
 		return r.src.FollowResults(ctx, from+1, func(batch []ResultEnvelope) error {
+			for _, e := range batch {
+				if e.Err != nil {
+					r.log.Error("a message on RESULTS is not a well-formed result; recorded as rejected and passed over",
+						"seq", e.Sequence, "subject", e.Subject, "err", e.Err)
+				}
+			}
 			return c.add(ctx, batch, batch[len(batch)-1].Sequence)
 		})
 	})

@@ -19,6 +19,9 @@ type ScriptLog struct {
 	// the byte counts of the entry are whole.
 	Stdout string `json:"stdout"`
 	Stderr string `json:"stderr"`
+	// Updated is when RESULTS stored the latest result folded into the
+	// log: the log expires with it.
+	Updated time.Time `json:"-"`
 }
 
 // ScriptEntry is a script's log without its text and output: what a

@@ -215,12 +215,22 @@ func followLogs(ctx context.Context, out, errw io.Writer, f logsFlags) error {
 		q.Set("unit", f.unit)
 	}
 	if f.since != "" && f.since != "0" && f.since != "0s" {
-		q.Set("since", f.since)
+		// A duration is taken back from now once, here: a reconnect
+		// before the first event starts from the same point.
+		since := f.since
+		if d, err := time.ParseDuration(since); err == nil {
+			since = time.Now().Add(-d).UTC().Format(time.RFC3339Nano)
+		}
+		q.Set("since", since)
 	}
 	p := &logPrinter{w: out, color: f.color, partial: map[string]string{}}
 	last := ""
 	for {
 		err := c.stream(ctx, "/v1/stream?"+q.Encode(), last, func(id, event string, data []byte) error {
+			if event == "" {
+				last = id
+				return nil
+			}
 			if event == "gap" {
 				var g gateway.StreamGap
 				if json.Unmarshal(data, &g) == nil {
@@ -238,8 +248,11 @@ func followLogs(ctx context.Context, out, errw io.Writer, f logsFlags) error {
 			last = id
 			return p.print(ev.StreamEvent, ev.Result)
 		})
+		// A refusal is final; an Orchestra that is starting or busy (5xx,
+		// 429) or unreachable is waited for.
 		var apiErr *apiError
-		if !f.follow || ctx.Err() != nil || errors.As(err, &apiErr) {
+		refused := errors.As(err, &apiErr) && apiErr.Status < 500 && apiErr.Status != http.StatusTooManyRequests
+		if !f.follow || ctx.Err() != nil || refused {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -285,7 +298,9 @@ func (c *client) stream(ctx context.Context, path, lastID string, fn func(id, ev
 		line := sc.Bytes()
 		switch {
 		case len(line) == 0:
-			if event != "" {
+			// A block with only an id is a position: where the stream
+			// starts, to resume from.
+			if event != "" || id != "" {
 				if err := fn(id, event, data); err != nil {
 					return err
 				}

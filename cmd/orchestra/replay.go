@@ -66,7 +66,7 @@ func newReplayCommand() *cobra.Command {
 				}
 				if done == len(started.Replays) {
 					bar.end()
-					for _, st := range now.Replays {
+					for _, st := range current {
 						fmt.Fprintf(cmd.OutOrStdout(), "%s: rebuilt to sequence %d in %s\n", st.Projection, st.Seq, st.Finished.Sub(st.Started).Round(time.Millisecond))
 					}
 					return nil

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
@@ -209,10 +210,15 @@ func (b *Bus) Script(ctx context.Context, id uuid.UUID) (events.ScriptPlanned, e
 }
 
 // DecodeResult decodes a message of RESULTS by the result type its subject
-// ends with.
+// ends with, and checks that it is about what its subject says: the
+// script's id and server (orchestra.res.<server>.<id>.<type>), or the
+// unit's id (orchestra.unit.<id>.UnitPlanned). An agent may publish only
+// under its own server, so a payload naming another server or script is
+// refused rather than folded into their logs.
 func DecodeResult(subject string, data []byte) (events.Result, error) {
+	parts := strings.Split(subject, ".")
 	var r events.Result
-	switch subject[strings.LastIndexByte(subject, '.')+1:] {
+	switch parts[len(parts)-1] {
 	case "ScriptPlanned":
 		r = &events.ScriptPlanned{}
 	case "UnitPlanned":
@@ -229,19 +235,74 @@ func DecodeResult(subject string, data []byte) (events.Result, error) {
 	if err := json.Unmarshal(data, r); err != nil {
 		return nil, fmt.Errorf("%s: %w", subject, err)
 	}
+	if err := matchSubject(parts, r); err != nil {
+		return nil, fmt.Errorf("%s: %w", subject, err)
+	}
 	return r, nil
+}
+
+// matchSubject checks that r is about what the parts of its subject name.
+func matchSubject(parts []string, r events.Result) error {
+	if u, ok := r.(*events.UnitPlanned); ok {
+		if len(parts) != 4 || parts[1] != "unit" || parts[2] != u.Unit.String() {
+			return fmt.Errorf("the record is about unit %s", u.Unit)
+		}
+		return nil
+	}
+	if len(parts) != 5 || parts[1] != "res" {
+		return errors.New("not a script's subject")
+	}
+	server, err := events.ParseToken(parts[2])
+	if err != nil {
+		return err
+	}
+	var id uuid.UUID
+	var named string // the server the payload names, if it names one
+	switch r := r.(type) {
+	case *events.ScriptPlanned:
+		id, named = r.ID, r.Server
+	case *events.ScriptStarted:
+		id, named = r.ID, r.Server
+	case *events.ScriptOutput:
+		id, named = r.ID, server
+	case *events.ScriptFinished:
+		id, named = r.ID, r.Server
+	}
+	if parts[3] != id.String() {
+		return fmt.Errorf("the result is about script %s", id)
+	}
+	if named != server {
+		return fmt.Errorf("the result names server %q", named)
+	}
+	return nil
 }
 
 // FollowResults implements projections.ResultsSource: it calls fn with
 // every result from sequence from on, in order, in batches of at most
 // maxFollowBatch, following RESULTS live until ctx ends or fn fails. A
-// message that is not a result (published by hand) is an error naming its
-// sequence, carried in its envelope: the read models stop there, rather
-// than skip it.
+// message that is not a well-formed result carries why in its envelope.
+// When RESULTS holds nothing from from on but has gone past it (retention
+// removed everything), the first batch is one envelope with no result at
+// its last sequence: the read models are up to date there.
 func (b *Bus) FollowResults(ctx context.Context, from uint64, fn func([]projections.ResultEnvelope) error) error {
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(from, 1)}
+	from = max(from, 1)
+	first, last, err := b.Bounds(ctx)
+	if err != nil {
+		return err
+	}
+	if first > last && last >= from {
+		if err := fn([]projections.ResultEnvelope{{Sequence: last}}); err != nil {
+			return err
+		}
+		from = last + 1
+	}
+	cons, err := b.consumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from})
+	if err != nil {
+		return err
+	}
+	defer b.drop(cons)
 	batch := make([]projections.ResultEnvelope, 0, maxFollowBatch)
-	return b.read(ctx, cfg, func(e projections.ResultEnvelope, pending uint64) error {
+	return read(ctx, cons, func(e projections.ResultEnvelope, pending uint64) error {
 		batch = append(batch, e)
 		if pending == 0 || len(batch) == maxFollowBatch {
 			if err := fn(batch); err != nil {
@@ -253,17 +314,37 @@ func (b *Bus) FollowResults(ctx context.Context, from uint64, fn func([]projecti
 	})
 }
 
+// readerIdle is how long the server keeps a reader's consumer once its
+// reader is gone without deleting it (a crash).
+const readerIdle = 10 * time.Second
+
+// consumer makes an ordered consumer of RESULTS for one reader.
+func (b *Bus) consumer(ctx context.Context, cfg jetstream.OrderedConsumerConfig) (jetstream.Consumer, error) {
+	cfg.InactiveThreshold = readerIdle
+	cons, err := b.results.OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("read results: %w", err)
+	}
+	return cons, nil
+}
+
+// drop deletes a reader's consumer on the server, which would otherwise
+// keep it until readerIdle.
+func (b *Bus) drop(cons jetstream.Consumer) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if info := cons.CachedInfo(); info != nil {
+		_ = b.js.DeleteConsumer(ctx, events.StreamResults, info.Name) // gone already, or it expires
+	}
+}
+
 // errDone ends a read early, without an error.
 var errDone = errors.New("done")
 
-// read calls fn with each result of RESULTS cfg selects, decoded, and the
-// number of messages left after it, until ctx ends or fn fails (errDone
-// ends it with no error).
-func (b *Bus) read(ctx context.Context, cfg jetstream.OrderedConsumerConfig, fn func(e projections.ResultEnvelope, pending uint64) error) error {
-	cons, err := b.results.OrderedConsumer(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("read results: %w", err)
-	}
+// read calls fn with each result cons delivers, decoded, and the number
+// of messages left after it, until ctx ends or fn fails (errDone ends it
+// with no error).
+func read(ctx context.Context, cons jetstream.Consumer, fn func(e projections.ResultEnvelope, pending uint64) error) error {
 	it, err := cons.Messages(jetstream.PullMaxMessages(maxFollowBatch))
 	if err != nil {
 		return fmt.Errorf("read results: %w", err)
@@ -318,12 +399,13 @@ func (b *Bus) Tail(ctx context.Context, q gateway.TailQuery, fn func(gateway.Tai
 	if q.From == 0 && !q.Since.IsZero() {
 		cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, 0, &q.Since
 	}
+	cons, err := b.consumer(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer b.drop(cons)
 	if !q.Follow {
-		// A consumer's pending count says whether anything matches at all.
-		cons, err := b.results.OrderedConsumer(ctx, cfg)
-		if err != nil {
-			return fmt.Errorf("tail results: %w", err)
-		}
+		// The consumer's pending count says whether anything matches.
 		info, err := cons.Info(ctx)
 		if err != nil {
 			return fmt.Errorf("tail results: %w", err)
@@ -332,7 +414,7 @@ func (b *Bus) Tail(ctx context.Context, q gateway.TailQuery, fn func(gateway.Tai
 			return nil
 		}
 	}
-	return b.read(ctx, cfg, func(e projections.ResultEnvelope, pending uint64) error {
+	return read(ctx, cons, func(e projections.ResultEnvelope, pending uint64) error {
 		if err := fn(gateway.TailItem{ResultEnvelope: e}); err != nil {
 			return err
 		}

@@ -83,8 +83,10 @@ func (m *Model) open() error {
 	if file != filepath.Base(file) || !strings.HasSuffix(file, ".db") {
 		return fmt.Errorf("read model %s: %s names %q, not a file of %s", m.name, m.pointer(), file, m.dir)
 	}
-	// A replay cut short by a stop leaves its file behind.
+	// A replay cut short by a stop leaves its file behind; one stopped
+	// between naming the new file and removing the old, the old.
 	orphans, _ := filepath.Glob(filepath.Join(m.dir, m.name+"-*.db"))
+	orphans = append(orphans, filepath.Join(m.dir, m.name+".db")) // the first generation, replaced
 	for _, o := range orphans {
 		if filepath.Base(o) != file {
 			if err := removeDB(o); err != nil {
@@ -142,6 +144,7 @@ func (m *Model) Run(ctx context.Context) error {
 	defer m.mu.Unlock()
 	g := m.cur.Load()
 	stop(g)
+	g.readers.Wait()
 	return errors.Join(err, g.db.Close())
 }
 
@@ -211,6 +214,17 @@ func (m *Model) Replay(ctx context.Context, progress func(gateway.ReplayStatus))
 	stop(next)
 	old := m.cur.Load()
 	stop(old)
+	// The old copy may have moved on between the check and its stop: the
+	// new one gets as far before it answers.
+	if next.runner.Seq() < old.runner.Seq() {
+		replay()
+		err := next.runner.WaitFor(ctx, old.runner.Seq())
+		stop(next)
+		if err != nil {
+			m.start(m.runCtx, old)
+			return abandon(err)
+		}
+	}
 	next.runner = m.live(db)
 	m.swap.Lock()
 	m.cur.Store(next)

@@ -4,10 +4,12 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -158,7 +160,7 @@ func (w *workload) unit(t *testing.T, at time.Time) {
 // The queries that dump a read model's file, every row in key order.
 var (
 	resultsTables = []string{
-		`SELECT seq, id, server, backend, unit, state, created, entry, script, hex(stdout), hex(stderr) FROM scripts ORDER BY seq`,
+		`SELECT seq, id, server, backend, unit, state, created, updated, entry, script, hex(stdout), hex(stderr) FROM scripts ORDER BY seq`,
 		`SELECT type, name, seq, idx, doc, script, time FROM operations ORDER BY type, name, seq, idx`,
 		`SELECT id, planned, doc FROM units ORDER BY id`,
 		`SELECT name, doc FROM server_status ORDER BY name`,
@@ -379,16 +381,18 @@ func (r *records) failures() (seqs []uint64, at []time.Time) {
 	return seqs, at
 }
 
-// TestAFailingEventIsRetriedNotSkipped: a message on RESULTS that cannot be
-// folded (published by hand, not JSON) stops the read models at it: the
-// failure is reported with its sequence, retried with growing waits, and
-// nothing after it is folded.
-func TestAFailingEventIsRetriedNotSkipped(t *testing.T) {
+// TestAMalformedResultIsRejectedAndReported: a message on RESULTS that is
+// not a well-formed result — not JSON, or naming another server than its
+// subject (an agent may publish only under its own) — is reported with its
+// sequence and recorded as rejected, and the read models go on with what
+// follows, leaving the other server's log alone.
+func TestAMalformedResultIsRejectedAndReported(t *testing.T) {
 	env, bus := startBus(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	rec := &records{}
-	db, err := sqlite.Open(filepath.Join(t.TempDir(), "results.db"))
+	path := filepath.Join(t.TempDir(), "results.db")
+	db, err := sqlite.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,45 +401,104 @@ func TestAFailingEventIsRetriedNotSkipped(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 
-	w := &workload{rnd: rand.New(rand.NewPCG(7, 7)), js: env.JS, servers: []string{"web1"}}
-	good := uuid.New()
-	w.script(t, "web1", &events.ScriptStarted{ID: good, Server: "web1", Attempt: 1})
-	bad, err := env.JS.Publish(ctx, scriptSubject(t, "web1", &events.ScriptFinished{ID: good}), []byte("not json"))
+	w := &workload{rnd: rand.New(rand.NewPCG(7, 7)), js: env.JS}
+	victim := uuid.New()
+	w.script(t, "web2", &events.ScriptStarted{ID: victim, Server: "web2", Attempt: 1})
+	notJSON, err := env.JS.Publish(ctx, scriptSubject(t, "web1", &events.ScriptFinished{ID: uuid.New()}), []byte("not json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Published under web1's subject, about web2's script.
+	spoof, _ := json.Marshal(&events.ScriptFinished{ID: victim, Server: "web2", Attempt: 1, State: events.StateFailure})
+	spoofed, err := env.JS.Publish(ctx, scriptSubject(t, "web1", &events.ScriptFinished{ID: victim}), spoof)
 	if err != nil {
 		t.Fatal(err)
 	}
 	after := uuid.New()
 	w.script(t, "web1", &events.ScriptStarted{ID: after, Server: "web1", Attempt: 1})
-
-	// Three reports of the bad event, each wait longer than the one before.
-	deadline := time.Now().Add(20 * time.Second)
-	var seqs []uint64
-	var at []time.Time
-	for len(seqs) < 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("failures reported: %v", seqs)
-		}
-		time.Sleep(50 * time.Millisecond)
-		seqs, at = rec.failures()
+	last, err := bus.LastResult(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, s := range seqs {
-		if s != bad.Sequence {
-			t.Errorf("a failure reported at sequence %d, want %d", s, bad.Sequence)
-		}
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	if err := r.WaitFor(wctx, last); err != nil {
+		t.Fatalf("the read models stopped at %d: %v", r.Seq(), err)
+	}
+	if l, err := db.Script(ctx, after); err != nil || l.State != events.StateStarted {
+		t.Errorf("the result after the rejected ones: %+v, %v", l.ScriptEntry, err)
+	}
+	if l, err := db.Script(ctx, victim); err != nil || l.State != events.StateStarted {
+		t.Errorf("web2's script after a spoofed end: %+v, %v", l.ScriptEntry, err)
+	}
+	if seqs, _ := rec.failures(); !slices.Equal(seqs, []uint64{notJSON.Sequence, spoofed.Sequence}) {
+		t.Errorf("reported %v, want %d and %d", seqs, notJSON.Sequence, spoofed.Sequence)
+	}
+	got := dump(t, path, []string{`SELECT seq, subject, reason FROM rejected_results ORDER BY seq`})
+	if !strings.Contains(got, fmt.Sprintf("%d orchestra.res.web1.", notJSON.Sequence)) || !strings.Contains(got, "names server \"web2\"") ||
+		!strings.Contains(got, "-- 2 rows") {
+		t.Errorf("rejected results:\n%s", got)
+	}
+	cancel()
+	<-done
+}
+
+// failingStore fails the first n commits, as a full disk would.
+type failingStore struct {
+	projections.ResultsStore
+	mu sync.Mutex
+	n  int
+}
+
+func (s *failingStore) CommitResults(ctx context.Context, seq uint64, batch []projections.ResultEnvelope) error {
+	s.mu.Lock()
+	fail := s.n > 0
+	s.n--
+	s.mu.Unlock()
+	if fail {
+		return &projections.EventError{Seq: batch[0].Sequence, Err: errors.New("disk I/O error")}
+	}
+	return s.ResultsStore.CommitResults(ctx, seq, batch)
+}
+
+// TestAFailingCommitIsRetriedNotSkipped: a commit that fails is retried
+// with growing waits, each failure reported with the event's sequence,
+// until it succeeds; nothing is skipped.
+func TestAFailingCommitIsRetriedNotSkipped(t *testing.T) {
+	env, bus := startBus(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	db, err := sqlite.Open(filepath.Join(t.TempDir(), "results.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	w := &workload{rnd: rand.New(rand.NewPCG(7, 7)), js: env.JS}
+	id := uuid.New()
+	w.script(t, "web1", &events.ScriptStarted{ID: id, Server: "web1", Attempt: 1})
+	w.script(t, "web1", &events.ScriptFinished{ID: id, Server: "web1", Attempt: 1, State: events.StateSuccess})
+
+	rec := &records{}
+	r := projections.NewResultsRunner(&failingStore{ResultsStore: db, n: 3}, bus, slog.New(rec))
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	if err := r.WaitFor(wctx, 2); err != nil {
+		t.Fatalf("the read models stopped at %d: %v", r.Seq(), err)
+	}
+	seqs, at := rec.failures()
+	if !slices.Equal(seqs, []uint64{1, 1, 1}) {
+		t.Fatalf("failures reported at %v, want three at 1", seqs)
 	}
 	if d1, d2 := at[1].Sub(at[0]), at[2].Sub(at[1]); d2 <= d1 {
 		t.Errorf("waits between retries %s then %s: not growing", d1, d2)
 	}
-	if seq := r.Seq(); seq >= bad.Sequence {
-		t.Errorf("the read models reached %d, past the event at %d that cannot be folded", seq, bad.Sequence)
-	}
-	if _, err := db.Script(ctx, after); err == nil {
-		t.Error("a result after the failing event was folded: the event was skipped")
+	if l, err := db.Script(ctx, id); err != nil || l.State != events.StateSuccess {
+		t.Errorf("after the retries: %+v, %v", l.ScriptEntry, err)
 	}
 	cancel()
-	if err := <-done; err == nil {
-		t.Error("the runner stopped without saying why")
-	}
+	<-done
 }
 
 // TestModelLiveEqualsReplay is the same property for the model read model
@@ -522,6 +585,51 @@ func TestModelLiveEqualsReplay(t *testing.T) {
 	}
 	if !strings.Contains(before, "servers web") || !strings.Contains(before, "resources site") {
 		t.Fatalf("the workload left no rows:\n%s", before)
+	}
+	cancel()
+	<-done
+}
+
+// TestReplayAfterRetentionRemovedEverything: when RESULTS has gone past
+// sequences it no longer holds, a new copy is up to date at its last
+// sequence, and a replay finishes.
+func TestReplayAfterRetentionRemovedEverything(t *testing.T) {
+	env, bus := startBus(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	log := slog.New(slog.DiscardHandler)
+	newRunner := func(db *sqlite.DB) readmodel.Runner { return projections.NewResultsRunner(db, bus, log) }
+	live, err := readmodel.Open(projections.ResultsName, t.TempDir(), newRunner, newRunner, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- live.Run(ctx) }()
+	w := &workload{rnd: rand.New(rand.NewPCG(3, 3)), js: env.JS, servers: []string{"web1"}}
+	w.unit(t, time.Now())
+	last, err := bus.LastResult(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := live.WaitFor(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := env.JS.Stream(ctx, events.StreamResults)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Purge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Replay(ctx, func(gateway.ReplayStatus) {}); err != nil {
+		t.Fatalf("replay over an emptied stream: %v", err)
+	}
+	view := readmodel.ResultsView{Model: live, Bus: bus}
+	if err := view.CatchUp(ctx); err != nil {
+		t.Fatalf("catch up over an emptied stream: %v", err)
+	}
+	if seq := live.Seq(); seq != last {
+		t.Errorf("the new copy is at %d, want %d", seq, last)
 	}
 	cancel()
 	<-done

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS scripts (
 	unit    TEXT    NOT NULL,
 	state   TEXT    NOT NULL,
 	created INTEGER NOT NULL, -- unix nanoseconds
+	updated INTEGER NOT NULL, -- unix nanoseconds: when RESULTS stored its latest result
 	entry   BLOB    NOT NULL, -- projections.ScriptEntry, JSON
 	script  TEXT    NOT NULL,
 	stdout  BLOB    NOT NULL,
@@ -55,6 +56,12 @@ CREATE TABLE IF NOT EXISTS units (
 	id      TEXT    PRIMARY KEY,
 	planned INTEGER NOT NULL, -- unix nanoseconds
 	doc     BLOB    NOT NULL  -- projections.UnitLog, JSON
+);
+
+CREATE TABLE IF NOT EXISTS rejected_results ( -- messages on RESULTS that are not well-formed results
+	seq     INTEGER PRIMARY KEY,
+	subject TEXT    NOT NULL,
+	reason  TEXT    NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS server_status (
@@ -80,6 +87,13 @@ func (db *DB) CommitResults(ctx context.Context, seq uint64, batch []projections
 		w := newWorking(ctx, tx, db.res)
 		for _, e := range batch {
 			if e.Sequence <= cur {
+				continue
+			}
+			if e.Err != nil {
+				if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO rejected_results (seq, subject, reason) VALUES (?, ?, ?)`,
+					int64(e.Sequence), e.Subject, e.Err.Error()); err != nil {
+					return fmt.Errorf("record the rejected result at %d: %w", e.Sequence, err)
+				}
 				continue
 			}
 			if err := projections.FoldResult(w, e); err != nil {
@@ -216,12 +230,12 @@ const (
 	upsertServer = `INSERT INTO server_status (name, doc) VALUES (?, ?)
 		ON CONFLICT (name) DO UPDATE SET doc = excluded.doc`
 	insertOperation = `INSERT OR REPLACE INTO operations (type, name, seq, idx, script, time, doc) VALUES (?, ?, ?, ?, ?, ?, ?)`
-	selectScript    = `SELECT entry, script, stdout, stderr FROM scripts WHERE id = ?`
-	upsertScript    = `INSERT INTO scripts (seq, id, server, backend, unit, state, created, entry, script, stdout, stderr)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	selectScript    = `SELECT entry, script, stdout, stderr, updated FROM scripts WHERE id = ?`
+	upsertScript    = `INSERT INTO scripts (seq, id, server, backend, unit, state, created, updated, entry, script, stdout, stderr)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (seq) DO UPDATE SET server = excluded.server, backend = excluded.backend, unit = excluded.unit,
-			state = excluded.state, created = excluded.created, entry = excluded.entry, script = excluded.script,
-			stdout = excluded.stdout, stderr = excluded.stderr`
+			state = excluded.state, created = excluded.created, updated = excluded.updated, entry = excluded.entry,
+			script = excluded.script, stdout = excluded.stdout, stderr = excluded.stderr`
 )
 
 // save writes what the fold changed.
@@ -233,7 +247,7 @@ func (w *working) save() error {
 			return fmt.Errorf("script %s: %w", l.ID, err)
 		}
 		if _, err := w.st.upScript.ExecContext(w.ctx, int64(l.Seq), l.ID.String(), l.Server, l.Backend, l.Unit.String(), l.State,
-			l.Created.UnixNano(), entry, l.Script, []byte(l.Stdout), []byte(l.Stderr)); err != nil {
+			l.Created.UnixNano(), l.Updated.UnixNano(), entry, l.Script, []byte(l.Stdout), []byte(l.Stderr)); err != nil {
 			return fmt.Errorf("write script %s: %w", l.ID, err)
 		}
 	}
@@ -289,7 +303,8 @@ func scanScript(row *sql.Row) (projections.ScriptLog, error) {
 		entry          []byte
 		stdout, stderr []byte
 	)
-	if err := row.Scan(&entry, &l.Script, &stdout, &stderr); errors.Is(err, sql.ErrNoRows) {
+	var updated int64
+	if err := row.Scan(&entry, &l.Script, &stdout, &stderr, &updated); errors.Is(err, sql.ErrNoRows) {
 		return l, projections.ErrNotFound
 	} else if err != nil {
 		return l, err
@@ -297,7 +312,7 @@ func scanScript(row *sql.Row) (projections.ScriptLog, error) {
 	if err := json.Unmarshal(entry, &l.ScriptEntry); err != nil {
 		return l, err
 	}
-	l.Stdout, l.Stderr = string(stdout), string(stderr)
+	l.Stdout, l.Stderr, l.Updated = string(stdout), string(stderr), time.Unix(0, updated).UTC()
 	return l, nil
 }
 
@@ -454,21 +469,28 @@ func (db *DB) History(ctx context.Context, typ, name string, after projections.H
 	return out, nil
 }
 
-// PruneResults drops the results read models' records older than before:
-// script logs created, units planned, and operations recorded before it.
+// PruneResults drops the results read models' records older than before,
+// as RESULTS drops its messages: script logs whose latest result was
+// stored before it, with their operations, and units (with their dropped
+// operations) planned before it.
 // It returns how many script logs it dropped.
 func (db *DB) PruneResults(ctx context.Context, before time.Time) (int64, error) {
 	var n int64
 	err := db.write(ctx, func(tx *sql.Tx) error {
 		t := before.UnixNano()
-		res, err := tx.ExecContext(ctx, `DELETE FROM scripts WHERE created < ?`, t)
+		// A script's log goes with the last result about it; its
+		// operations with it; a dropped operation with its unit's record.
+		if _, err := tx.ExecContext(ctx, `DELETE FROM operations WHERE script IN (SELECT id FROM scripts WHERE updated < ?)`, t); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM scripts WHERE updated < ?`, t)
 		if err != nil {
 			return err
 		}
 		if n, err = res.RowsAffected(); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM operations WHERE time < ?`, t); err != nil {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM operations WHERE script = '' AND time < ?`, t); err != nil {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `DELETE FROM units WHERE planned < ?`, t)

@@ -61,8 +61,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE INDEX IF NOT EXISTS idempotency_by_created ON idempotency (created);
 `
 
-// queryIndexes are the indexes only queries use: folds and commits look
-// rows up by their keys. A replay builds them once it has caught up
+// queryIndexes are the indexes only queries (and pruning) use: folds and
+// commits look rows up by their keys. A replay builds them once it has caught up
 // (DeferQueryIndexes, BuildQueryIndexes), which is quicker than keeping
 // them up to date row by row.
 var queryIndexes = []struct{ name, on string }{
@@ -73,6 +73,8 @@ var queryIndexes = []struct{ name, on string }{
 	{"scripts_by_backend", "scripts (backend, seq)"},
 	{"scripts_by_unit", "scripts (unit, seq)"},
 	{"scripts_by_created", "scripts (created)"},
+	{"scripts_by_updated", "scripts (updated)"},
+	{"operations_by_script", "operations (script)"},
 	{"operations_by_time", "operations (time)"},
 	{"units_by_planned", "units (planned)"},
 }
