@@ -113,6 +113,7 @@ func Routes() []Route {
 		Route{"POST", "/v1/resources/{type}/{name}/actions/{action}", services.RoleOperator, (*api).action},
 		Route{"POST", "/v1/servers/{name}/sync", services.RoleOperator, (*api).sync},
 		Route{"GET", "/v1/servers/{name}/status", services.RoleViewer, (*api).serverStatus},
+		Route{"GET", "/v1/server-status", services.RoleViewer, (*api).serverStatuses},
 		Route{"GET", "/v1/resources/{type}/{name}/history", services.RoleViewer, (*api).history},
 		Route{"GET", "/v1/scripts", services.RoleViewer, (*api).listScripts},
 		Route{"GET", "/v1/scripts/{id}", services.RoleViewer, (*api).script},

@@ -261,6 +261,22 @@ func (a *api) serverStatus(w http.ResponseWriter, r *http.Request, _ services.Pr
 	return nil
 }
 
+// serverStatuses lists what the results say of every server they name.
+func (a *api) serverStatuses(w http.ResponseWriter, r *http.Request, _ services.Principal) error {
+	if _, err := params(r); err != nil {
+		return err
+	}
+	if err := a.catchUp(r); err != nil {
+		return err
+	}
+	list, err := a.logs.ServerStatuses(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, entries[projections.ServerStatus]{Items: list})
+	return nil
+}
+
 // history lists the operations on a resource, newest first.
 func (a *api) history(w http.ResponseWriter, r *http.Request, _ services.Principal) error {
 	q, err := params(r, "limit", "after")

@@ -304,6 +304,8 @@ type ResultsReader interface {
 	Scripts(ctx context.Context, f ScriptFilter) ([]EntryDoc, error)
 	Unit(ctx context.Context, id uuid.UUID) (UnitLog, error)
 	ServerStatus(ctx context.Context, name string) (ServerStatus, error)
+	// ServerStatuses is every server's status, by name.
+	ServerStatuses(ctx context.Context) ([]ServerStatus, error)
 	History(ctx context.Context, typ, name string, after HistoryCursor, limit int) ([]ResourceOp, error)
 }
 

@@ -26,9 +26,6 @@ import (
 
 // scriptsList is `orchestra scripts`: the newest script logs, filtered.
 func scriptsList(cmd *cobra.Command, f scriptFlags) error {
-	if err := checkOutput(f.output); err != nil {
-		return err
-	}
 	if f.limit < 1 || f.limit > gateway.MaxPageSize {
 		return usageError{fmt.Errorf("--limit: %d, want 1 to %d", f.limit, gateway.MaxPageSize)}
 	}
@@ -39,44 +36,25 @@ func scriptsList(cmd *cobra.Command, f scriptFlags) error {
 			q.Set(k, v)
 		}
 	}
-	c, err := newClient()
-	if err != nil {
-		return err
-	}
-	var page struct {
-		Items []json.RawMessage `json:"items"`
-	}
-	if err := c.do(cmd.Context(), "GET", "/v1/scripts?"+q.Encode(), nil, &page); err != nil {
-		return err
-	}
-	if page.Items == nil {
-		page.Items = []json.RawMessage{}
-	}
-	if f.output != "table" {
-		return printData(cmd.OutOrStdout(), f.output, page.Items)
-	}
-	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSERVER\tBACKEND\tSTATE\tEXIT\tATTEMPT\tCREATED\tTOOK\tOPERATIONS")
-	for _, raw := range page.Items {
-		var e projections.ScriptEntry
-		if err := json.Unmarshal(raw, &e); err != nil {
-			return fmt.Errorf("GET /v1/scripts: %w", err)
+	var items []projections.ScriptEntry
+	return getAndPrint(cmd, f.output, "/v1/scripts?"+q.Encode(), &items, func(tw io.Writer) {
+		fmt.Fprintln(tw, "ID\tSERVER\tBACKEND\tSTATE\tEXIT\tATTEMPT\tCREATED\tTOOK\tOPERATIONS")
+		for _, e := range items {
+			exit, took := "", ""
+			if e.ExitCode != nil {
+				exit = strconv.Itoa(*e.ExitCode)
+			}
+			if e.Started != nil && e.Finished != nil {
+				took = e.Finished.Sub(*e.Started).Round(time.Millisecond).String()
+			}
+			ops := make([]string, len(e.Operations))
+			for i, op := range e.Operations {
+				ops[i] = op.Action + " " + op.Type + "/" + op.Name
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", e.ID, e.Server, e.Backend, e.State, exit, e.Attempt,
+				e.Created.Local().Format(time.DateTime), took, clip(strings.Join(ops, ", "), 60))
 		}
-		exit, took := "", ""
-		if e.ExitCode != nil {
-			exit = strconv.Itoa(*e.ExitCode)
-		}
-		if e.Started != nil && e.Finished != nil {
-			took = e.Finished.Sub(*e.Started).Round(time.Millisecond).String()
-		}
-		ops := make([]string, len(e.Operations))
-		for i, op := range e.Operations {
-			ops[i] = op.Action + " " + op.Type + "/" + op.Name
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", e.ID, e.Server, e.Backend, e.State, exit, e.Attempt,
-			e.Created.Local().Format(time.DateTime), took, clip(strings.Join(ops, ", "), 60))
-	}
-	return tw.Flush()
+	})
 }
 
 // scriptFlags are the filters of `orchestra scripts`.
@@ -401,4 +379,91 @@ func (p *logPrinter) print(ev gateway.StreamEvent, result json.RawMessage) error
 		return err
 	}
 	return nil
+}
+
+func newStatusCommand() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show what the scripts' results say of each server: reachable, last state, last seen",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var items []projections.ServerStatus
+			return getAndPrint(cmd, output, "/v1/server-status", &items, func(tw io.Writer) {
+				fmt.Fprintln(tw, "SERVER\tREACHABLE\tLAST STATE\tLAST SEEN\tLAST SCRIPT\tREASON")
+				for _, s := range items {
+					fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\n", s.Name, s.Reachable, s.LastState, s.LastSeen.Local().Format(time.DateTime),
+						s.LastScript, clip(s.Reason, 60))
+				}
+			})
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, json or yaml")
+	return cmd
+}
+
+func newHistoryCommand() *cobra.Command {
+	var output string
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "history TYPE/NAME",
+		Short: "Show every operation on a resource, newest first: the script that carried it and its state now, or why it was dropped",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			typ, name, ok := strings.Cut(args[0], "/")
+			if !ok || typ == "" || name == "" {
+				return usageError{fmt.Errorf("a resource is named TYPE/NAME, e.g. website/shop; got %q", args[0])}
+			}
+			if limit < 1 || limit > gateway.MaxPageSize {
+				return usageError{fmt.Errorf("--limit: %d, want 1 to %d", limit, gateway.MaxPageSize)}
+			}
+			var items []projections.ResourceOp
+			path := "/v1/resources/" + url.PathEscape(typ) + "/" + url.PathEscape(name) + "/history?limit=" + strconv.Itoa(limit)
+			return getAndPrint(cmd, output, path, &items, func(tw io.Writer) {
+				fmt.Fprintln(tw, "TIME\tACTION\tBACKEND\tSERVER\tSTATE\tSCRIPT\tREASON")
+				for _, op := range items {
+					script := ""
+					if op.Script != uuid.Nil {
+						script = op.Script.String()
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", op.Time.Local().Format(time.DateTime), op.Action, op.Backend, op.Server,
+						op.State, script, clip(op.Reason, 60))
+				}
+			})
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, json or yaml")
+	cmd.Flags().IntVar(&limit, "limit", 50, "how many operations, newest first")
+	return cmd
+}
+
+// getAndPrint GETs a page at path: with -o json or yaml it prints the
+// page's items as they came; as a table it decodes them into items and
+// calls table.
+func getAndPrint(cmd *cobra.Command, output, path string, items any, table func(io.Writer)) error {
+	if err := checkOutput(output); err != nil {
+		return err
+	}
+	c, err := newClient()
+	if err != nil {
+		return err
+	}
+	var raw struct {
+		Items json.RawMessage `json:"items"`
+	}
+	if err := c.do(cmd.Context(), "GET", path, nil, &raw); err != nil {
+		return err
+	}
+	if output != "table" {
+		if string(raw.Items) == "null" || len(raw.Items) == 0 {
+			raw.Items = json.RawMessage("[]")
+		}
+		return printData(cmd.OutOrStdout(), output, raw.Items)
+	}
+	if err := json.Unmarshal(raw.Items, items); err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
 }

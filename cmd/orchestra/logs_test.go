@@ -115,6 +115,28 @@ match: resource.attrs.server == "box2"
 		}
 	}
 
+	// orchestra status: both servers reached, box1's last script failed.
+	out, errOut, code = p.cli(t, dir, "status")
+	if code != 0 || !regexp.MustCompile(`(?m)^box1\s+true\s+FAILURE\s`).MatchString(out) || !regexp.MustCompile(`(?m)^box2\s+true\s+SUCCESS\s`).MatchString(out) {
+		t.Errorf("status exited %d:\n%s%s", code, out, errOut)
+	}
+	var statuses []map[string]any
+	if out, _, _ := p.cli(t, dir, "status", "-o", "json"); json.Unmarshal([]byte(out), &statuses) != nil || len(statuses) != 2 {
+		t.Errorf("status -o json:\n%s", out)
+	}
+	// orchestra history: the failed save of b1, the dropped save of d1.
+	out, errOut, code = p.cli(t, dir, "history", "job/b1")
+	if code != 0 || !regexp.MustCompile(`save\s+chk\s+box1\s+FAILURE\s+[0-9a-f-]{36}`).MatchString(out) {
+		t.Errorf("history job/b1 exited %d:\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = p.cli(t, dir, "history", "job/d1")
+	if code != 0 || !regexp.MustCompile(`save\s+chk\s+DROPPED\s+no active route of backend chk`).MatchString(out) {
+		t.Errorf("history job/d1 exited %d:\n%s%s", code, out, errOut)
+	}
+	if _, errOut, code := p.cli(t, dir, "history", "job/none"); code != 1 || !strings.Contains(errOut, "no operation on job/none") {
+		t.Errorf("history of a resource without one exited %d: %s", code, errOut)
+	}
+
 	// orchestra logs: every line once, prefixed, plain when not a terminal.
 	out, errOut, code = p.cli(t, dir, "logs", "--since", "1h")
 	for _, want := range []string{"box1 chk | first line of a1\n", "box2 chk | second line of a2\n", "box1 chk | first line of b1\n"} {

@@ -423,6 +423,10 @@ func (v ResultsView) Unit(ctx context.Context, id uuid.UUID) (projections.UnitLo
 	return read(v.Model, func(db *sqlite.DB) (projections.UnitLog, error) { return db.Unit(ctx, id) })
 }
 
+func (v ResultsView) ServerStatuses(ctx context.Context) ([]projections.ServerStatus, error) {
+	return read(v.Model, func(db *sqlite.DB) ([]projections.ServerStatus, error) { return db.ServerStatuses(ctx) })
+}
+
 func (v ResultsView) ServerStatus(ctx context.Context, name string) (projections.ServerStatus, error) {
 	return read(v.Model, func(db *sqlite.DB) (projections.ServerStatus, error) { return db.ServerStatus(ctx, name) })
 }

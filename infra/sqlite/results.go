@@ -419,6 +419,31 @@ func (db *DB) ServerStatus(ctx context.Context, name string) (projections.Server
 	return s, nil
 }
 
+// ServerStatuses implements projections.ResultsReader.
+func (db *DB) ServerStatuses(ctx context.Context) ([]projections.ServerStatus, error) {
+	rs, err := db.sql.QueryContext(ctx, `SELECT doc FROM server_status ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("servers' status: %w", err)
+	}
+	defer rs.Close()
+	out := []projections.ServerStatus{}
+	for rs.Next() {
+		var doc []byte
+		var st projections.ServerStatus
+		if err := rs.Scan(&doc); err != nil {
+			return nil, fmt.Errorf("servers' status: %w", err)
+		}
+		if err := json.Unmarshal(doc, &st); err != nil {
+			return nil, fmt.Errorf("servers' status: %w", err)
+		}
+		out = append(out, st)
+	}
+	if err := rs.Err(); err != nil {
+		return nil, fmt.Errorf("servers' status: %w", err)
+	}
+	return out, nil
+}
+
 // History implements projections.ResultsReader: the operations on one
 // resource, newest first, each with its script's state now.
 func (db *DB) History(ctx context.Context, typ, name string, after projections.HistoryCursor, limit int) ([]projections.ResourceOp, error) {
