@@ -217,7 +217,9 @@ func benchLogs(b *testing.B, n int) *sqlite.DB {
 	if err != nil {
 		cache = os.TempDir()
 	}
-	path := filepath.Join(cache, "orchestra-bench", fmt.Sprintf("scripts-%d.db", n))
+	// The name changes with the results tables' layout (updated: when the
+	// latest result was stored).
+	path := filepath.Join(cache, "orchestra-bench", fmt.Sprintf("scripts-%d-updated.db", n))
 	db, err := sqlite.Open(path)
 	if err != nil {
 		b.Fatal(err)
