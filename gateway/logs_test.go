@@ -181,7 +181,7 @@ func TestListScripts(t *testing.T) {
 	}
 	byName := map[string]*listScript{}
 	for _, s := range scripts {
-		s.id = uuid.New()
+		s.id = events.ScriptID(s.unit, s.server, s.backend)
 		byName[s.name] = s
 		planned := events.StateReceived
 		if s.state == events.StateNothing {
@@ -274,24 +274,29 @@ func TestListScriptsPages(t *testing.T) {
 	s1, s2, s3 := "pg1-"+sfx, "pg2-"+sfx, "pg3-"+sfx
 	unit, other := uuid.New(), uuid.New()
 	var mine, onS1 []string // newest first
+	// A script's id is its unit's, server's and backend's: the unit's
+	// scripts on one server are each of a backend of its own.
+	backend := func(i int) string { return fmt.Sprintf("vhost%d", i) }
 	for i := range 7 {
-		id, server := uuid.New(), s1
+		server := s1
 		if i%3 == 2 {
 			server = s2
 		}
-		e.publishResults(t, server, &events.ScriptPlanned{ID: id, Unit: unit, Server: server, Backend: "vhost", State: events.StateReceived,
-			Operations: opRefs("vhost", fmt.Sprintf("save page-%s/p%d", sfx, i)), Time: time.Now().UTC()})
+		id := events.ScriptID(unit, server, backend(i))
+		e.publishResults(t, server, &events.ScriptPlanned{ID: id, Unit: unit, Server: server, Backend: backend(i), State: events.StateReceived,
+			Operations: opRefs(backend(i), fmt.Sprintf("save page-%s/p%d", sfx, i)), Time: time.Now().UTC()})
 		mine = slices.Insert(mine, 0, id.String())
 		if server == s1 {
 			onS1 = slices.Insert(onS1, 0, id.String())
 		}
 		if i%2 == 0 {
-			e.publishResults(t, s3, &events.ScriptPlanned{ID: uuid.New(), Unit: other, Server: s3, Backend: "vhost", State: events.StateReceived,
-				Operations: opRefs("vhost", fmt.Sprintf("save page-%s/o%d", sfx, i)), Time: time.Now().UTC()})
+			e.publishResults(t, s3, &events.ScriptPlanned{ID: events.ScriptID(other, s3, backend(i)), Unit: other, Server: s3, Backend: backend(i),
+				State: events.StateReceived, Operations: opRefs(backend(i), fmt.Sprintf("save page-%s/o%d", sfx, i)), Time: time.Now().UTC()})
 		}
 	}
 	// Starting the oldest script later does not move it up.
-	e.publishResults(t, s1, &events.ScriptStarted{ID: uuid.MustParse(mine[len(mine)-1]), Unit: unit, Server: s1, Attempt: 1, Time: time.Now().UTC()})
+	e.publishResults(t, s1, &events.ScriptStarted{ID: uuid.MustParse(mine[len(mine)-1]), Unit: unit, Server: s1, Backend: backend(0), Attempt: 1,
+		Time: time.Now().UTC()})
 
 	all := pageItems(t, e.getOK(t, "/v1/scripts?limit=1000"))
 	if len(all) != len(mine)+4 {
@@ -421,13 +426,14 @@ func TestScriptLogAttempts(t *testing.T) {
 	}
 
 	t.Run("output of an older attempt after the newer finished", func(t *testing.T) {
-		id, server := uuid.New(), "att1-"+sfx
+		unit, server := uuid.New(), "att1-"+sfx
+		id := events.ScriptID(unit, server, "vhost")
 		e.publishResults(t, server,
-			planned(id, id, server),
-			&events.ScriptStarted{ID: id, Server: server, Attempt: 1, Time: at},
-			&events.ScriptStarted{ID: id, Server: server, Attempt: 2, Time: at.Add(time.Minute)},
+			planned(id, unit, server),
+			&events.ScriptStarted{ID: id, Unit: unit, Server: server, Backend: "vhost", Attempt: 1, Time: at},
+			&events.ScriptStarted{ID: id, Unit: unit, Server: server, Backend: "vhost", Attempt: 2, Time: at.Add(time.Minute)},
 			&events.ScriptOutput{ID: id, Attempt: 2, Stream: events.Stdout, Data: []byte("two\n")},
-			&events.ScriptFinished{ID: id, Server: server, Attempt: 2, State: events.StateSuccess, Stdout: 4, Started: at.Add(time.Minute), Time: at.Add(2 * time.Minute)},
+			&events.ScriptFinished{ID: id, Unit: unit, Server: server, Backend: "vhost", Attempt: 2, State: events.StateSuccess, Stdout: 4, Started: at.Add(time.Minute), Time: at.Add(2 * time.Minute)},
 			&events.ScriptOutput{ID: id, Attempt: 1, Stream: events.Stdout, Data: []byte("late from one\n")},
 			&events.ScriptOutput{ID: id, Attempt: 1, Stream: events.Stderr, Data: []byte("late error from one\n")},
 		)
@@ -436,16 +442,17 @@ func TestScriptLogAttempts(t *testing.T) {
 	})
 
 	t.Run("finish of an older attempt after the newer started", func(t *testing.T) {
-		id, server := uuid.New(), "att2-"+sfx
+		unit, server := uuid.New(), "att2-"+sfx
+		id := events.ScriptID(unit, server, "vhost")
 		e.publishResults(t, server,
-			planned(id, id, server),
-			&events.ScriptStarted{ID: id, Server: server, Attempt: 1, Time: at},
+			planned(id, unit, server),
+			&events.ScriptStarted{ID: id, Unit: unit, Server: server, Backend: "vhost", Attempt: 1, Time: at},
 			&events.ScriptOutput{ID: id, Attempt: 1, Stream: events.Stdout, Data: []byte("one\n")},
-			&events.ScriptStarted{ID: id, Server: server, Attempt: 2, Executor: "local on two", Time: at.Add(time.Minute)},
+			&events.ScriptStarted{ID: id, Unit: unit, Server: server, Backend: "vhost", Attempt: 2, Executor: "local on two", Time: at.Add(time.Minute)},
 			&events.ScriptOutput{ID: id, Attempt: 2, Stream: events.Stdout, Data: []byte("two\n")},
 		)
 		e.settleResults(t) // the late finish is folded onto the stored log
-		e.publishResults(t, server, &events.ScriptFinished{ID: id, Server: server, Attempt: 1, State: events.StateAborted, ExitCode: -1,
+		e.publishResults(t, server, &events.ScriptFinished{ID: id, Unit: unit, Server: server, Backend: "vhost", Attempt: 1, State: events.StateAborted, ExitCode: -1,
 			Reason: "lost", Stdout: 4, Started: at, Time: at.Add(3 * time.Minute)})
 		body := e.getOK(t, "/v1/scripts/"+id.String())
 		check(t, body, map[string]any{"state": "STARTED", "attempt": 2.0, "exit_code": nil, "finished": nil, "reason": nil,
@@ -456,12 +463,13 @@ func TestScriptLogAttempts(t *testing.T) {
 	})
 
 	t.Run("output of an attempt after it finished", func(t *testing.T) {
-		id, server := uuid.New(), "att3-"+sfx
+		unit, server := uuid.New(), "att3-"+sfx
+		id := events.ScriptID(unit, server, "vhost")
 		e.publishResults(t, server,
-			planned(id, id, server),
-			&events.ScriptStarted{ID: id, Server: server, Attempt: 1, Time: at},
+			planned(id, unit, server),
+			&events.ScriptStarted{ID: id, Unit: unit, Server: server, Backend: "vhost", Attempt: 1, Time: at},
 			&events.ScriptOutput{ID: id, Attempt: 1, Stream: events.Stdout, Data: []byte("done\n")},
-			&events.ScriptFinished{ID: id, Server: server, Attempt: 1, State: events.StateSuccess, Stdout: 5, Started: at, Time: at.Add(time.Second)},
+			&events.ScriptFinished{ID: id, Unit: unit, Server: server, Backend: "vhost", Attempt: 1, State: events.StateSuccess, Stdout: 5, Started: at, Time: at.Add(time.Second)},
 			&events.ScriptOutput{ID: id, Attempt: 1, Stream: events.Stdout, Data: []byte("after the end\n")},
 		)
 		body := e.getOK(t, "/v1/scripts/"+id.String())
@@ -477,7 +485,8 @@ func TestScriptLogAttempts(t *testing.T) {
 			name += ", stored first"
 		}
 		t.Run(name, func(t *testing.T) {
-			id, unit, server := uuid.New(), uuid.New(), "att4-"+uniqueSuffix()
+			unit, server := uuid.New(), "att4-"+uniqueSuffix()
+			id := events.ScriptID(unit, server, "vhost")
 			started, finished := at.Add(time.Minute), at.Add(2*time.Minute)
 			seqs := e.publishResults(t, server,
 				&events.ScriptStarted{ID: id, Unit: unit, Server: server, Backend: "vhost", Attempt: 1, Executor: "local on test", Time: started},
@@ -538,7 +547,10 @@ func TestUnitRollup(t *testing.T) {
 			server  string
 			backend string
 		}
-		s := []script{{uuid.New(), srvA, "vhost"}, {uuid.New(), srvB, "vhost"}, {uuid.New(), srvA, "mail"}}
+		s := []script{{server: srvA, backend: "vhost"}, {server: srvB, backend: "vhost"}, {server: srvA, backend: "mail"}}
+		for i := range s {
+			s[i].id = events.ScriptID(unit, s[i].server, s[i].backend)
+		}
 		var summary []events.ScriptSummary
 		for i, sc := range s {
 			e.publishResults(t, sc.server, &events.ScriptPlanned{ID: sc.id, Unit: unit, Server: sc.server, Backend: sc.backend,
@@ -559,21 +571,21 @@ func TestUnitRollup(t *testing.T) {
 			states [3]string
 		}{
 			{"planned", nil, "", [4]float64{3, 0, 0, 0}, [3]string{"RECEIVED", "RECEIVED", "RECEIVED"}},
-			{"first starts", &events.ScriptStarted{ID: s[0].id, Unit: unit, Server: srvA, Attempt: 1, Time: at}, srvA,
+			{"first starts", &events.ScriptStarted{ID: s[0].id, Unit: unit, Server: srvA, Backend: "vhost", Attempt: 1, Time: at}, srvA,
 				[4]float64{2, 1, 0, 0}, [3]string{"STARTED", "RECEIVED", "RECEIVED"}},
-			{"second starts", &events.ScriptStarted{ID: s[1].id, Unit: unit, Server: srvB, Attempt: 1, Time: at}, srvB,
+			{"second starts", &events.ScriptStarted{ID: s[1].id, Unit: unit, Server: srvB, Backend: "vhost", Attempt: 1, Time: at}, srvB,
 				[4]float64{1, 2, 0, 0}, [3]string{"STARTED", "STARTED", "RECEIVED"}},
-			{"first succeeds", &events.ScriptFinished{ID: s[0].id, Unit: unit, Server: srvA, Attempt: 1, State: events.StateSuccess, Started: at, Time: at}, srvA,
+			{"first succeeds", &events.ScriptFinished{ID: s[0].id, Unit: unit, Server: srvA, Backend: "vhost", Attempt: 1, State: events.StateSuccess, Started: at, Time: at}, srvA,
 				[4]float64{1, 1, 1, 0}, [3]string{"SUCCESS", "STARTED", "RECEIVED"}},
 			{"output changes nothing", &events.ScriptOutput{ID: s[1].id, Attempt: 1, Stream: events.Stdout, Data: []byte("x")}, srvB,
 				[4]float64{1, 1, 1, 0}, [3]string{"SUCCESS", "STARTED", "RECEIVED"}},
-			{"second fails", &events.ScriptFinished{ID: s[1].id, Unit: unit, Server: srvB, Attempt: 1, State: events.StateFailure, ExitCode: 1, Started: at, Time: at}, srvB,
+			{"second fails", &events.ScriptFinished{ID: s[1].id, Unit: unit, Server: srvB, Backend: "vhost", Attempt: 1, State: events.StateFailure, ExitCode: 1, Started: at, Time: at}, srvB,
 				[4]float64{1, 0, 1, 1}, [3]string{"SUCCESS", "FAILURE", "RECEIVED"}},
-			{"third revoked before it started", &events.ScriptFinished{ID: s[2].id, Unit: unit, Server: srvA, Attempt: 1, State: events.StateRevoked, ExitCode: -1, Time: at}, srvA,
+			{"third revoked before it started", &events.ScriptFinished{ID: s[2].id, Unit: unit, Server: srvA, Backend: "mail", Attempt: 1, State: events.StateRevoked, ExitCode: -1, Time: at}, srvA,
 				[4]float64{0, 0, 1, 2}, [3]string{"SUCCESS", "FAILURE", "REVOKED"}},
-			{"second retried", &events.ScriptStarted{ID: s[1].id, Unit: unit, Server: srvB, Attempt: 2, Time: at}, srvB,
+			{"second retried", &events.ScriptStarted{ID: s[1].id, Unit: unit, Server: srvB, Backend: "vhost", Attempt: 2, Time: at}, srvB,
 				[4]float64{0, 1, 1, 1}, [3]string{"SUCCESS", "STARTED", "REVOKED"}},
-			{"retry succeeds", &events.ScriptFinished{ID: s[1].id, Unit: unit, Server: srvB, Attempt: 2, State: events.StateSuccess, Started: at, Time: at}, srvB,
+			{"retry succeeds", &events.ScriptFinished{ID: s[1].id, Unit: unit, Server: srvB, Backend: "vhost", Attempt: 2, State: events.StateSuccess, Started: at, Time: at}, srvB,
 				[4]float64{0, 0, 2, 1}, [3]string{"SUCCESS", "SUCCESS", "REVOKED"}},
 		}
 		for _, st := range steps {
@@ -620,19 +632,24 @@ func TestUnitRollup(t *testing.T) {
 
 	t.Run("unit record after the scripts finished", func(t *testing.T) {
 		unit := uuid.New()
-		done, failed, never := uuid.New(), uuid.New(), uuid.New()
-		for _, id := range []uuid.UUID{done, failed} {
-			e.publishResults(t, srvA, &events.ScriptPlanned{ID: id, Unit: unit, Server: srvA, Backend: "vhost", State: events.StateReceived, Time: at,
+		// One script a server and backend: the one that fails runs on B.
+		done, failed, never := events.ScriptID(unit, srvA, "vhost"), events.ScriptID(unit, srvB, "vhost"), events.ScriptID(unit, srvA, "mail")
+		for _, sc := range []struct {
+			id     uuid.UUID
+			server string
+		}{{done, srvA}, {failed, srvB}} {
+			e.publishResults(t, sc.server, &events.ScriptPlanned{ID: sc.id, Unit: unit, Server: sc.server, Backend: "vhost", State: events.StateReceived, Time: at,
 				Operations: opRefs("vhost", "save website/late-"+sfx)})
-			e.publishResults(t, srvA, &events.ScriptStarted{ID: id, Unit: unit, Server: srvA, Attempt: 1, Time: at})
+			e.publishResults(t, sc.server, &events.ScriptStarted{ID: sc.id, Unit: unit, Server: sc.server, Backend: "vhost", Attempt: 1, Time: at})
 		}
 		e.publishResults(t, srvA,
-			&events.ScriptFinished{ID: done, Unit: unit, Server: srvA, Attempt: 1, State: events.StateSuccess, Started: at, Time: at},
-			&events.ScriptFinished{ID: failed, Unit: unit, Server: srvA, Attempt: 1, State: events.StateTimeout, ExitCode: -1, Started: at, Time: at})
+			&events.ScriptFinished{ID: done, Unit: unit, Server: srvA, Backend: "vhost", Attempt: 1, State: events.StateSuccess, Started: at, Time: at})
+		e.publishResults(t, srvB,
+			&events.ScriptFinished{ID: failed, Unit: unit, Server: srvB, Backend: "vhost", Attempt: 1, State: events.StateTimeout, ExitCode: -1, Started: at, Time: at})
 		e.call(t, "GET", "/v1/units/"+unit.String(), e.viewer, nil, nil).want(t, http.StatusNotFound)
 		e.publishResults(t, "", &events.UnitPlanned{Unit: unit, Sequence: 7, Operations: 3, Time: at, Scripts: []events.ScriptSummary{
 			{ID: done, Server: srvA, Backend: "vhost", State: events.StateReceived},
-			{ID: failed, Server: srvA, Backend: "vhost", State: events.StateReceived},
+			{ID: failed, Server: srvB, Backend: "vhost", State: events.StateReceived},
 			{ID: never, Server: srvA, Backend: "mail", State: events.StateNothing},
 		}})
 		u := e.getOK(t, "/v1/units/"+unit.String())
@@ -671,14 +688,17 @@ func TestServerStatusFromResults(t *testing.T) {
 	e.resetFixtures(t)
 	server := "st-" + uniqueSuffix()
 	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	unit := uuid.New()
-	plan := func(id uuid.UUID) {
+	// plan plans a script on the server in a unit of its own: a script's id
+	// is its unit's, server's and backend's.
+	plan := func() (unit, id uuid.UUID) {
+		unit = uuid.New()
+		id = events.ScriptID(unit, server, "vhost")
 		e.publishResults(t, server, &events.ScriptPlanned{ID: id, Unit: unit, Server: server, Backend: "vhost", State: events.StateReceived, Time: at,
 			Operations: opRefs("vhost", "save website/st")})
+		return unit, id
 	}
 
-	first := uuid.New()
-	plan(first)
+	firstUnit, first := plan()
 	r := e.call(t, "GET", "/v1/servers/"+server+"/status", e.viewer, nil, nil)
 	r.want(t, http.StatusNotFound) // planned is not run
 	e.call(t, "GET", "/v1/servers/never-"+server+"/status", e.viewer, nil, nil).want(t, http.StatusNotFound)
@@ -692,20 +712,20 @@ func TestServerStatusFromResults(t *testing.T) {
 		reason    string
 		seen      time.Time
 	}{
-		{"a script starts", &events.ScriptStarted{ID: first, Server: server, Attempt: 1, Time: at.Add(1 * time.Minute)},
+		{"a script starts", &events.ScriptStarted{ID: first, Unit: firstUnit, Server: server, Backend: "vhost", Attempt: 1, Time: at.Add(1 * time.Minute)},
 			first, "STARTED", true, "", at.Add(1 * time.Minute)},
-		{"it fails", &events.ScriptFinished{ID: first, Server: server, Attempt: 1, State: events.StateFailure, ExitCode: 1, Reason: "exit status 1",
+		{"it fails", &events.ScriptFinished{ID: first, Unit: firstUnit, Server: server, Backend: "vhost", Attempt: 1, State: events.StateFailure, ExitCode: 1, Reason: "exit status 1",
 			Started: at.Add(1 * time.Minute), Time: at.Add(2 * time.Minute)},
 			first, "FAILURE", true, "", at.Add(2 * time.Minute)},
-		{"the next cannot connect", &events.ScriptFinished{ID: uuid.Nil, Server: server, Attempt: 1, State: events.StateTimeout, ExitCode: -1,
+		{"the next cannot connect", &events.ScriptFinished{ID: uuid.Nil, Server: server, Backend: "vhost", Attempt: 1, State: events.StateTimeout, ExitCode: -1,
 			Reason: "dial tcp 10.0.0.9:22: i/o timeout", Time: at.Add(3 * time.Minute)},
 			uuid.Nil, "TIMEOUT", false, "dial tcp 10.0.0.9:22: i/o timeout", at.Add(3 * time.Minute)},
-		{"a start makes it reachable again", &events.ScriptStarted{ID: uuid.Nil, Server: server, Attempt: 2, Time: at.Add(4 * time.Minute)},
+		{"a start makes it reachable again", &events.ScriptStarted{ID: uuid.Nil, Server: server, Backend: "vhost", Attempt: 2, Time: at.Add(4 * time.Minute)},
 			uuid.Nil, "STARTED", true, "", at.Add(4 * time.Minute)},
-		{"a method error before the start", &events.ScriptFinished{ID: uuid.Nil, Server: server, Attempt: 1, State: events.StateError, ExitCode: -1,
+		{"a method error before the start", &events.ScriptFinished{ID: uuid.Nil, Server: server, Backend: "vhost", Attempt: 1, State: events.StateError, ExitCode: -1,
 			Reason: "ssh: handshake failed: host key mismatch", Time: at.Add(5 * time.Minute)},
 			uuid.Nil, "ERROR", false, "ssh: handshake failed: host key mismatch", at.Add(5 * time.Minute)},
-		{"a timeout after the start", &events.ScriptFinished{ID: uuid.Nil, Server: server, Attempt: 1, State: events.StateTimeout, ExitCode: -1,
+		{"a timeout after the start", &events.ScriptFinished{ID: uuid.Nil, Server: server, Backend: "vhost", Attempt: 1, State: events.StateTimeout, ExitCode: -1,
 			Reason: "ran past its timeout of 1m", Started: at.Add(5 * time.Minute), Time: at.Add(7 * time.Minute)},
 			uuid.Nil, "TIMEOUT", true, "", at.Add(7 * time.Minute)},
 	}
@@ -713,13 +733,13 @@ func TestServerStatusFromResults(t *testing.T) {
 		// uuid.Nil in a step: a script of the step's own.
 		id := st.script
 		if id == uuid.Nil {
-			id = uuid.New()
-			plan(id)
+			var unit uuid.UUID
+			unit, id = plan()
 			switch r := st.result.(type) {
 			case *events.ScriptStarted:
-				r.ID = id
+				r.ID, r.Unit = id, unit
 			case *events.ScriptFinished:
-				r.ID = id
+				r.ID, r.Unit = id, unit
 			}
 		}
 		e.publishResults(t, server, st.result)
@@ -736,11 +756,10 @@ func TestServerStatusFromResults(t *testing.T) {
 	// The executor of a first attempt, redelivered while it hung, reports
 	// late that it could not connect; the second attempt runs meanwhile:
 	// the latest attempt reached the server.
-	late := uuid.New()
-	plan(late)
+	lateUnit, late := plan()
 	e.publishResults(t, server,
-		&events.ScriptStarted{ID: late, Server: server, Attempt: 2, Time: at.Add(8 * time.Minute)},
-		&events.ScriptFinished{ID: late, Server: server, Attempt: 1, State: events.StateTimeout, ExitCode: -1,
+		&events.ScriptStarted{ID: late, Unit: lateUnit, Server: server, Backend: "vhost", Attempt: 2, Time: at.Add(8 * time.Minute)},
+		&events.ScriptFinished{ID: late, Unit: lateUnit, Server: server, Backend: "vhost", Attempt: 1, State: events.StateTimeout, ExitCode: -1,
 			Reason: "dial tcp 10.0.0.9:22: i/o timeout", Time: at.Add(9 * time.Minute)})
 	s := e.getOK(t, "/v1/servers/"+server+"/status")
 	if s["last_script"] != late.String() || s["last_state"] != "STARTED" || s["reachable"] != true || s["reason"] != nil {
@@ -759,7 +778,7 @@ func TestResourceHistory(t *testing.T) {
 	server := "hist-" + sfx
 	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	u1, u2, u3 := uuid.New(), uuid.New(), uuid.New()
-	p1, p3 := uuid.New(), uuid.New()
+	p1, p3 := events.ScriptID(u1, server, "vhost"), events.ScriptID(u3, server, "vhost")
 
 	// Unit 1 saves the shop; unit 2's save finds no route; unit 3 saves
 	// and reloads the shop in one script, and saves the blog.
@@ -803,10 +822,10 @@ func TestResourceHistory(t *testing.T) {
 
 	// The scripts' states now, not when they were planned.
 	e.publishResults(t, server,
-		&events.ScriptStarted{ID: p1, Unit: u1, Server: server, Attempt: 1, Time: at},
-		&events.ScriptFinished{ID: p1, Unit: u1, Server: server, Attempt: 1, State: events.StateSuccess, Started: at, Time: at},
-		&events.ScriptStarted{ID: p3, Unit: u3, Server: server, Attempt: 1, Time: at},
-		&events.ScriptFinished{ID: p3, Unit: u3, Server: server, Attempt: 1, State: events.StateFailure, ExitCode: 1, Reason: "exit status 1", Started: at, Time: at},
+		&events.ScriptStarted{ID: p1, Unit: u1, Server: server, Backend: "vhost", Attempt: 1, Time: at},
+		&events.ScriptFinished{ID: p1, Unit: u1, Server: server, Backend: "vhost", Attempt: 1, State: events.StateSuccess, Started: at, Time: at},
+		&events.ScriptStarted{ID: p3, Unit: u3, Server: server, Backend: "vhost", Attempt: 1, Time: at},
+		&events.ScriptFinished{ID: p3, Unit: u3, Server: server, Backend: "vhost", Attempt: 1, State: events.StateFailure, ExitCode: 1, Reason: "exit status 1", Started: at, Time: at},
 	)
 	want[0].state, want[0].reason = "FAILURE", "exit status 1"
 	want[1].state, want[1].reason = "FAILURE", "exit status 1"

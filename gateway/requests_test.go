@@ -357,7 +357,8 @@ func TestScriptLog(t *testing.T) {
 	e := newEnv(t)
 	e.resetFixtures(t)
 	ctx := context.Background()
-	id := uuid.New()
+	unit := uuid.New()
+	id := events.ScriptID(unit, "web1", "vhost")
 	publish := func(r events.Result) {
 		t.Helper()
 		subject, err := events.ScriptSubject("web1", id, r.ResultType())
@@ -370,14 +371,14 @@ func TestScriptLog(t *testing.T) {
 		}
 	}
 	now := time.Now().UTC()
-	publish(&events.ScriptPlanned{ID: id, Unit: id, Server: "web1", Backend: "vhost", State: events.StateReceived, Script: "echo ****", Time: now,
+	publish(&events.ScriptPlanned{ID: id, Unit: unit, Server: "web1", Backend: "vhost", State: events.StateReceived, Script: "echo ****", Time: now,
 		Operations: []events.OperationRef{{Backend: "vhost", Action: "save", Type: "website", Name: "shop"}}})
-	publish(&events.ScriptStarted{ID: id, Server: "web1", Attempt: 1, Time: now})
+	publish(&events.ScriptStarted{ID: id, Unit: unit, Server: "web1", Backend: "vhost", Attempt: 1, Time: now})
 	publish(&events.ScriptOutput{ID: id, Attempt: 1, Stream: events.Stdout, Data: []byte("lost with attempt 1\n")})
-	publish(&events.ScriptStarted{ID: id, Server: "web1", Attempt: 2, Executor: "local on test", Time: now})
+	publish(&events.ScriptStarted{ID: id, Unit: unit, Server: "web1", Backend: "vhost", Attempt: 2, Executor: "local on test", Time: now})
 	publish(&events.ScriptOutput{ID: id, Attempt: 2, Stream: events.Stdout, Data: []byte("hello\n")})
 	publish(&events.ScriptOutput{ID: id, Attempt: 2, Stream: events.Stderr, Data: []byte("warn\n")})
-	publish(&events.ScriptFinished{ID: id, Server: "web1", Attempt: 2, State: events.StateFailure, ExitCode: 2, Stdout: 6, Stderr: 5, Time: now})
+	publish(&events.ScriptFinished{ID: id, Unit: unit, Server: "web1", Backend: "vhost", Attempt: 2, State: events.StateFailure, ExitCode: 2, Stdout: 6, Stderr: 5, Time: now})
 
 	body := e.call(t, "GET", "/v1/scripts/"+id.String(), e.viewer, nil, nil).want(t, http.StatusOK)
 	for field, want := range map[string]any{"state": "FAILURE", "exit_code": 2.0, "attempt": 2.0, "stdout": "hello\n", "stderr": "warn\n",

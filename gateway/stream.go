@@ -111,7 +111,7 @@ func (a *api) parseStream(r *http.Request) (streamQuery, error) {
 			return s, services.FieldErrorf(services.EBADREQUEST, "server", "%q is not a server name", s.server)
 		}
 	}
-	if s.server != "" && len(s.kinds) > 0 && !slices.ContainsFunc(s.kinds, func(k string) bool { return k != "UnitPlanned" }) {
+	if s.server != "" && slices.Contains(s.kinds, "UnitPlanned") {
 		return s, services.FieldErrorf(services.EBADREQUEST, "kind", "UnitPlanned records are about no one server: with server=, ask for script results")
 	}
 	if s.unit, err = uuidParam("unit", q.Get("unit")); err != nil {

@@ -137,20 +137,20 @@ func (e *env) publishResult(t *testing.T, server string, id uuid.UUID, r events.
 	return ack.Sequence
 }
 
-// scriptRun publishes a whole run of one script with n output chunks, and
-// returns the sequences.
-func (e *env) scriptRun(t *testing.T, server string, unit uuid.UUID, n int) []uint64 {
+// scriptRun publishes a whole run of one script (its id derived from unit,
+// server and backend) with n output chunks, and returns the sequences.
+func (e *env) scriptRun(t *testing.T, server string, unit uuid.UUID, backend string, n int) []uint64 {
 	t.Helper()
-	id := uuid.New()
+	id := events.ScriptID(unit, server, backend)
 	now := time.Now().UTC()
 	seqs := []uint64{
-		e.publishResult(t, server, id, &events.ScriptPlanned{ID: id, Unit: unit, Server: server, Backend: "vhost", State: events.StateReceived, Time: now}),
-		e.publishResult(t, server, id, &events.ScriptStarted{ID: id, Unit: unit, Server: server, Backend: "vhost", Attempt: 1, Time: now}),
+		e.publishResult(t, server, id, &events.ScriptPlanned{ID: id, Unit: unit, Server: server, Backend: backend, State: events.StateReceived, Time: now}),
+		e.publishResult(t, server, id, &events.ScriptStarted{ID: id, Unit: unit, Server: server, Backend: backend, Attempt: 1, Time: now}),
 	}
 	for i := range n {
 		seqs = append(seqs, e.publishResult(t, server, id, &events.ScriptOutput{ID: id, Attempt: 1, Stream: events.Stdout, Offset: int64(i * 6), Data: fmt.Appendf(nil, "line%d\n", i)}))
 	}
-	return append(seqs, e.publishResult(t, server, id, &events.ScriptFinished{ID: id, Unit: unit, Server: server, Backend: "vhost", Attempt: 1, State: events.StateSuccess, Started: now, Time: now}))
+	return append(seqs, e.publishResult(t, server, id, &events.ScriptFinished{ID: id, Unit: unit, Server: server, Backend: backend, Attempt: 1, State: events.StateSuccess, Started: now, Time: now}))
 }
 
 // ids are the sequences of events, failing the test on an event without
@@ -178,8 +178,8 @@ func TestStreamResumesWithLastEventID(t *testing.T) {
 	start := time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano)
 	unit := uuid.New()
 
-	want := e.scriptRun(t, server, unit, 5)
-	e.scriptRun(t, "other-"+server, unit, 2) // another server: filtered out
+	want := e.scriptRun(t, server, unit, "vhost", 5)
+	e.scriptRun(t, "other-"+server, unit, "vhost", 2) // another server: filtered out
 	consumers := e.resultConsumers(t)
 	s := e.openStream(t, "server="+server+"&since="+start, nil)
 	var got []sseEvent
@@ -188,9 +188,9 @@ func TestStreamResumesWithLastEventID(t *testing.T) {
 	}
 	s.close()
 	// Results stored while no one listens, and while the next one does.
-	want = append(want, e.scriptRun(t, server, unit, 3)...)
+	want = append(want, e.scriptRun(t, server, uuid.New(), "vhost", 3)...)
 	s = e.openStream(t, "server="+server, map[string]string{"Last-Event-ID": got[len(got)-1].ID})
-	want = append(want, e.scriptRun(t, server, unit, 3)...)
+	want = append(want, e.scriptRun(t, server, uuid.New(), "vhost", 3)...)
 	for len(got) < len(want) {
 		got = append(got, s.next(t))
 	}
@@ -259,9 +259,9 @@ func TestStreamFiltersByUnit(t *testing.T) {
 	server := "unit-" + uuid.NewString()[:8]
 	start := time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano)
 	unit, other := uuid.New(), uuid.New()
-	want := e.scriptRun(t, server, unit, 2)
-	e.scriptRun(t, server, other, 2)
-	want = append(want, e.scriptRun(t, server, unit, 1)...)
+	want := e.scriptRun(t, server, unit, "vhost", 2)
+	e.scriptRun(t, server, other, "vhost", 2)
+	want = append(want, e.scriptRun(t, server, unit, "mail", 1)...)
 	got := e.openStream(t, "follow=false&unit="+unit.String()+"&since="+start, nil).all(t)
 	if g := ids(t, got); !slices.Equal(g, want) {
 		t.Fatalf("unit events %v, want %v", g, want)
@@ -273,7 +273,7 @@ func TestStreamFiltersByUnit(t *testing.T) {
 func TestStreamSaysWhatRetentionRemoved(t *testing.T) {
 	e := newEnv(t)
 	server := "gap-" + uuid.NewString()[:8]
-	seqs := e.scriptRun(t, server, uuid.New(), 4)
+	seqs := e.scriptRun(t, server, uuid.New(), "vhost", 4)
 	stream, err := e.JS.Stream(context.Background(), events.StreamResults)
 	if err != nil {
 		t.Fatal(err)
@@ -298,7 +298,7 @@ func TestStreamSaysWhatRetentionRemoved(t *testing.T) {
 // TestStreamRefusesBadInput: a 400 naming the parameter, before any event.
 func TestStreamRefusesBadInput(t *testing.T) {
 	e := newEnv(t)
-	e.scriptRun(t, "bad-input", uuid.New(), 1)
+	e.scriptRun(t, "bad-input", uuid.New(), "vhost", 1)
 	for _, c := range []struct {
 		name, query string
 		headers     map[string]string

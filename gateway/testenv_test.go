@@ -369,9 +369,14 @@ var fixtureObjects = []map[string]any{
 	{"kind": "Resource", "type": "website", "name": "shop", "attrs": map[string]any{"domain": "shop.example.com"}},
 }
 
-// fixtureScript is the script the planner's record of which is a fixture,
-// for the example of POST /v1/scripts/{id}/retry.
-var fixtureScript = uuid.MustParse("0192f1e0-6b1a-7c3e-9d2f-5a4b3c2d1e0f")
+// fixtureUnit and fixtureScript are the unit and the script the planner's
+// records of which are fixtures, for the examples of GET /v1/units/{id},
+// GET /v1/scripts/{id} and POST /v1/scripts/{id}/retry. A script's id is
+// derived from its unit, server and backend.
+var (
+	fixtureUnit   = uuid.MustParse("0192f1e0-6b1a-7c3e-9d2f-5a4b3c2d1e0f")
+	fixtureScript = events.ScriptID(fixtureUnit, "web1", "vhost")
+)
 
 // spareToken is the fixture token, for the example of DELETE /v1/tokens/{name}.
 const spareToken = "spare-token"
@@ -405,15 +410,15 @@ func (e *env) resetFixtures(t testing.TB) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	rec := &events.ScriptPlanned{ID: fixtureScript, Unit: fixtureScript, Sequence: 1, Server: "web1", Backend: "vhost", State: events.StateReceived,
+	rec := &events.ScriptPlanned{ID: fixtureScript, Unit: fixtureUnit, Sequence: 1, Server: "web1", Backend: "vhost", State: events.StateReceived,
 		Operations: []events.OperationRef{{Backend: "vhost", Action: "save", Type: "website", Name: "shop"}}}
-	unit := &events.UnitPlanned{Unit: fixtureScript, Sequence: 1, Operations: 1,
+	unit := &events.UnitPlanned{Unit: fixtureUnit, Sequence: 1, Operations: 1,
 		Scripts: []events.ScriptSummary{{ID: fixtureScript, Server: "web1", Backend: "vhost", State: events.StateReceived}}}
 	if err := e.Bus.Send(ctx, nil, []events.Result{rec, unit}); err != nil {
 		t.Fatal(err)
 	}
 	// A start on web1, so that the server has a status.
-	started := events.ScriptStarted{ID: fixtureScript, Unit: fixtureScript, Server: "web1", Backend: "vhost", Attempt: 1}
+	started := events.ScriptStarted{ID: fixtureScript, Unit: fixtureUnit, Server: "web1", Backend: "vhost", Attempt: 1}
 	subject, err := events.ScriptSubject("web1", fixtureScript, started.ResultType())
 	if err != nil {
 		t.Fatal(err)

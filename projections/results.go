@@ -3,6 +3,7 @@ package projections
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -28,6 +29,7 @@ const ResultsName = "results"
 type ResultEnvelope struct {
 	Sequence uint64
 	Subject  string
+	Server   string    // the server a script's subject names
 	Time     time.Time // when the stream stored it
 	// Result is nil when Err says why the message is not a well-formed
 	// result; nil with no Err, the envelope is a position only (RESULTS
@@ -118,6 +120,10 @@ type HistoryCursor struct {
 	Index int
 }
 
+// ErrRejected is a result that can never be folded: the store records it
+// as rejected and goes on.
+var ErrRejected = errors.New("rejected")
+
 // StateDropped is the state of an operation no route took.
 const StateDropped = "DROPPED"
 
@@ -172,6 +178,9 @@ func FoldResult(w Working, e ResultEnvelope) error {
 		l, err := w.Script(r.ID)
 		if err != nil || l == nil {
 			return err // output of a script whose start expired: nothing to add it to
+		}
+		if e.Server != "" && l.Server != e.Server {
+			return fmt.Errorf("%w: output of script %s of server %q published under server %q", ErrRejected, r.ID, l.Server, e.Server)
 		}
 		l.Fold(r)
 		l.Updated = e.Time

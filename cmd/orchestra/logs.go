@@ -197,6 +197,9 @@ func followLogs(ctx context.Context, out, errw io.Writer, f logsFlags) error {
 		// before the first event starts from the same point.
 		since := f.since
 		if d, err := time.ParseDuration(since); err == nil {
+			if d < 0 {
+				return usageError{fmt.Errorf("--since: %s is in the future; give a duration back from now, such as 10m", since)}
+			}
 			since = time.Now().Add(-d).UTC().Format(time.RFC3339Nano)
 		}
 		q.Set("since", since)

@@ -256,17 +256,21 @@ func matchSubject(parts []string, r events.Result) error {
 	if err != nil {
 		return err
 	}
-	var id uuid.UUID
-	var named string // the server the payload names, if it names one
+	// A script's id is derived from its unit, server and backend, so a
+	// result that names them all is bound to its server: one published
+	// under another server's subject cannot pass for it. Output names
+	// only the script; the fold checks it against the script's log.
+	var id, unit uuid.UUID
+	var named, backend string
 	switch r := r.(type) {
 	case *events.ScriptPlanned:
-		id, named = r.ID, r.Server
+		id, unit, named, backend = r.ID, r.Unit, r.Server, r.Backend
 	case *events.ScriptStarted:
-		id, named = r.ID, r.Server
+		id, unit, named, backend = r.ID, r.Unit, r.Server, r.Backend
 	case *events.ScriptOutput:
 		id, named = r.ID, server
 	case *events.ScriptFinished:
-		id, named = r.ID, r.Server
+		id, unit, named, backend = r.ID, r.Unit, r.Server, r.Backend
 	}
 	if parts[3] != id.String() {
 		return fmt.Errorf("the result is about script %s", id)
@@ -274,7 +278,21 @@ func matchSubject(parts []string, r events.Result) error {
 	if named != server {
 		return fmt.Errorf("the result names server %q", named)
 	}
+	if _, output := r.(*events.ScriptOutput); !output && id != events.ScriptID(unit, server, backend) {
+		return fmt.Errorf("script %s is not the script of backend %q on server %q in unit %s", id, backend, server, unit)
+	}
 	return nil
+}
+
+// SubjectServer is the server a script's subject on RESULTS names, "" for
+// another subject.
+func SubjectServer(subject string) string {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 5 || parts[1] != "res" {
+		return ""
+	}
+	server, _ := events.ParseToken(parts[2])
+	return server
 }
 
 // FollowResults implements projections.ResultsSource: it calls fn with
@@ -363,7 +381,8 @@ func read(ctx context.Context, cons jetstream.Consumer, fn func(e projections.Re
 			return fmt.Errorf("read results: %w", err)
 		}
 		r, err := DecodeResult(msg.Subject(), msg.Data())
-		e := projections.ResultEnvelope{Sequence: meta.Sequence.Stream, Subject: msg.Subject(), Time: meta.Timestamp, Result: r, Err: err}
+		e := projections.ResultEnvelope{Sequence: meta.Sequence.Stream, Subject: msg.Subject(), Server: SubjectServer(msg.Subject()),
+			Time: meta.Timestamp, Result: r, Err: err}
 		if err := fn(e, meta.NumPending); errors.Is(err, errDone) {
 			return nil
 		} else if err != nil {

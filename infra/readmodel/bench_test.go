@@ -26,7 +26,7 @@ import (
 // scriptResults returns the results of one script's run: planned,
 // started, two chunks of output, finished.
 func scriptResults(unit uuid.UUID, server, backend string, at time.Time, state string) (uuid.UUID, []events.Result) {
-	id := uuid.New()
+	id := events.ScriptID(unit, server, backend)
 	return id, []events.Result{
 		&events.ScriptPlanned{ID: id, Unit: unit, Server: server, Backend: backend, State: events.StateReceived, Script: "echo ****\n", Time: at,
 			Operations: []events.OperationRef{{Backend: backend, Action: "save", Type: "site", Name: "s" + id.String()[:4]}}},
@@ -308,9 +308,10 @@ func BenchmarkResultVisible(b *testing.B) {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		id := uuid.New()
+		unit := uuid.New()
+		id := events.ScriptID(unit, "web1", "vhost")
 		subject, _ := events.ScriptSubject("web1", id, "ScriptFinished")
-		data, _ := json.Marshal(&events.ScriptFinished{ID: id, Server: "web1", Backend: "vhost", Attempt: 1, State: events.StateSuccess, Time: at})
+		data, _ := json.Marshal(&events.ScriptFinished{ID: id, Unit: unit, Server: "web1", Backend: "vhost", Attempt: 1, State: events.StateSuccess, Time: at})
 		ack, err := env.JS.Publish(ctx, subject, data)
 		if err != nil {
 			b.Fatal(err)

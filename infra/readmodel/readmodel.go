@@ -44,6 +44,7 @@ type generation struct {
 	file    string
 	db      *sqlite.DB
 	readers sync.WaitGroup // reads in flight: the file stays open until they end
+	closed  bool           // no more reads: set under Model.swap before waiting for readers
 	runner  Runner
 	cancel  context.CancelFunc
 	done    chan error // the runner's end
@@ -144,6 +145,9 @@ func (m *Model) Run(ctx context.Context) error {
 	defer m.mu.Unlock()
 	g := m.cur.Load()
 	stop(g)
+	m.swap.Lock()
+	g.closed = true
+	m.swap.Unlock()
 	g.readers.Wait()
 	return errors.Join(err, g.db.Close())
 }
@@ -218,11 +222,11 @@ func (m *Model) Replay(ctx context.Context, progress func(gateway.ReplayStatus))
 	// new one gets as far before it answers.
 	if next.runner.Seq() < old.runner.Seq() {
 		replay()
-		err := next.runner.WaitFor(ctx, old.runner.Seq())
+		err := waitOrEnd(ctx, next, old.runner.Seq())
 		stop(next)
 		if err != nil {
 			m.start(m.runCtx, old)
-			return abandon(err)
+			return abandon(fmt.Errorf("replay %s: %w", m.name, err))
 		}
 	}
 	next.runner = m.live(db)
@@ -240,6 +244,31 @@ func (m *Model) Replay(ctx context.Context, progress func(gateway.ReplayStatus))
 	progress(p)
 	if err != nil {
 		m.log.Warn("removing the old generation of a read model", "projection", m.name, "err", err)
+	}
+	return nil
+}
+
+// waitOrEnd waits until g's runner reaches seq, it ends, or ctx ends.
+func waitOrEnd(ctx context.Context, g *generation, seq uint64) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ended := make(chan error, 1)
+	go func() {
+		select {
+		case err := <-g.done:
+			g.done <- err // for stop
+			ended <- fmt.Errorf("the replaying runner ended: %v", err)
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	if err := g.runner.WaitFor(wctx, seq); err != nil {
+		select {
+		case e := <-ended:
+			return e
+		default:
+			return err
+		}
 	}
 	return nil
 }
@@ -266,6 +295,10 @@ func (m *Model) DB() *sqlite.DB { return m.cur.Load().db }
 func (m *Model) Use(fn func(db *sqlite.DB) error) error {
 	m.swap.RLock()
 	g := m.cur.Load()
+	if g.closed {
+		m.swap.RUnlock()
+		return services.Errorf(services.EUNAVAILABLE, "the %s read model is closed: Orchestra is stopping", m.name)
+	}
 	g.readers.Add(1)
 	m.swap.RUnlock()
 	defer g.readers.Done()

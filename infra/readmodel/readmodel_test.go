@@ -95,10 +95,15 @@ func (w *workload) unit(t *testing.T, at time.Time) {
 		id     uuid.UUID
 	}
 	var runs []run
+	seen := map[uuid.UUID]bool{}
 	for range n {
 		server := w.servers[w.rnd.IntN(len(w.servers))]
-		id := uuid.New()
 		backend := []string{"vhost", "mail", "db"}[w.rnd.IntN(3)]
+		id := events.ScriptID(unit, server, backend)
+		if seen[id] {
+			continue // one script per backend and server in a unit
+		}
+		seen[id] = true
 		rec.Scripts = append(rec.Scripts, events.ScriptSummary{ID: id, Server: server, Backend: backend, State: events.StateReceived, Async: w.rnd.IntN(4) == 0})
 		ops := []events.OperationRef{{Backend: backend, Action: "save", Type: "site", Name: fmt.Sprint("s", w.rnd.IntN(20))}}
 		if w.rnd.IntN(3) == 0 {
@@ -402,20 +407,30 @@ func TestAMalformedResultIsRejectedAndReported(t *testing.T) {
 	go func() { done <- r.Run(ctx) }()
 
 	w := &workload{rnd: rand.New(rand.NewPCG(7, 7)), js: env.JS}
-	victim := uuid.New()
-	w.script(t, "web2", &events.ScriptStarted{ID: victim, Server: "web2", Attempt: 1})
+	unit := uuid.New()
+	victim := events.ScriptID(unit, "web2", "vhost")
+	w.script(t, "web2", &events.ScriptStarted{ID: victim, Unit: unit, Server: "web2", Backend: "vhost", Attempt: 1})
 	notJSON, err := env.JS.Publish(ctx, scriptSubject(t, "web1", &events.ScriptFinished{ID: uuid.New()}), []byte("not json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Published under web1's subject, about web2's script.
-	spoof, _ := json.Marshal(&events.ScriptFinished{ID: victim, Server: "web2", Attempt: 1, State: events.StateFailure})
-	spoofed, err := env.JS.Publish(ctx, scriptSubject(t, "web1", &events.ScriptFinished{ID: victim}), spoof)
-	if err != nil {
-		t.Fatal(err)
+	// Published under web1's subject (as web1's agent may), about web2's
+	// script: naming web2, naming web1, and output.
+	var spoofs []uint64
+	for _, r := range []events.Result{
+		&events.ScriptFinished{ID: victim, Unit: unit, Server: "web2", Backend: "vhost", Attempt: 1, State: events.StateFailure},
+		&events.ScriptFinished{ID: victim, Unit: unit, Server: "web1", Backend: "vhost", Attempt: 5, State: events.StateError},
+		&events.ScriptOutput{ID: victim, Attempt: 1, Stream: events.Stdout, Data: []byte("forged\n")},
+	} {
+		data, _ := json.Marshal(r)
+		ack, err := env.JS.Publish(ctx, scriptSubject(t, "web1", r), data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spoofs = append(spoofs, ack.Sequence)
 	}
-	after := uuid.New()
-	w.script(t, "web1", &events.ScriptStarted{ID: after, Server: "web1", Attempt: 1})
+	after := events.ScriptID(unit, "web1", "vhost")
+	w.script(t, "web1", &events.ScriptStarted{ID: after, Unit: unit, Server: "web1", Backend: "vhost", Attempt: 1})
 	last, err := bus.LastResult(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -428,16 +443,23 @@ func TestAMalformedResultIsRejectedAndReported(t *testing.T) {
 	if l, err := db.Script(ctx, after); err != nil || l.State != events.StateStarted {
 		t.Errorf("the result after the rejected ones: %+v, %v", l.ScriptEntry, err)
 	}
-	if l, err := db.Script(ctx, victim); err != nil || l.State != events.StateStarted {
-		t.Errorf("web2's script after a spoofed end: %+v, %v", l.ScriptEntry, err)
+	if l, err := db.Script(ctx, victim); err != nil || l.State != events.StateStarted || l.Attempt != 1 || l.Stdout != "" {
+		t.Errorf("web2's script after spoofed results: %+v, %v", l, err)
 	}
-	if seqs, _ := rec.failures(); !slices.Equal(seqs, []uint64{notJSON.Sequence, spoofed.Sequence}) {
-		t.Errorf("reported %v, want %d and %d", seqs, notJSON.Sequence, spoofed.Sequence)
+	if st, err := db.ServerStatus(ctx, "web2"); err != nil || !st.Reachable || st.LastState != events.StateStarted {
+		t.Errorf("web2's status after spoofed results: %+v, %v", st, err)
+	}
+	// Those refused as they are decoded are reported; output is refused
+	// by the fold, against the script's log; all are recorded.
+	if seqs, _ := rec.failures(); !slices.Equal(seqs, []uint64{notJSON.Sequence, spoofs[0], spoofs[1]}) {
+		t.Errorf("reported %v, want %d, %d and %d", seqs, notJSON.Sequence, spoofs[0], spoofs[1])
 	}
 	got := dump(t, path, []string{`SELECT seq, subject, reason FROM rejected_results ORDER BY seq`})
-	if !strings.Contains(got, fmt.Sprintf("%d orchestra.res.web1.", notJSON.Sequence)) || !strings.Contains(got, "names server \"web2\"") ||
-		!strings.Contains(got, "-- 2 rows") {
-		t.Errorf("rejected results:\n%s", got)
+	for _, want := range []string{fmt.Sprintf("%d orchestra.res.web1.", notJSON.Sequence), "names server \"web2\"",
+		"is not the script of backend \"vhost\" on server \"web1\"", "published under server \"web1\"", "-- 4 rows"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("rejected results, without %q:\n%s", want, got)
+		}
 	}
 	cancel()
 	<-done
@@ -474,9 +496,10 @@ func TestAFailingCommitIsRetriedNotSkipped(t *testing.T) {
 	}
 	defer db.Close()
 	w := &workload{rnd: rand.New(rand.NewPCG(7, 7)), js: env.JS}
-	id := uuid.New()
-	w.script(t, "web1", &events.ScriptStarted{ID: id, Server: "web1", Attempt: 1})
-	w.script(t, "web1", &events.ScriptFinished{ID: id, Server: "web1", Attempt: 1, State: events.StateSuccess})
+	unit := uuid.New()
+	id := events.ScriptID(unit, "web1", "vhost")
+	w.script(t, "web1", &events.ScriptStarted{ID: id, Unit: unit, Server: "web1", Backend: "vhost", Attempt: 1})
+	w.script(t, "web1", &events.ScriptFinished{ID: id, Unit: unit, Server: "web1", Backend: "vhost", Attempt: 1, State: events.StateSuccess})
 
 	rec := &records{}
 	r := projections.NewResultsRunner(&failingStore{ResultsStore: db, n: 3}, bus, slog.New(rec))

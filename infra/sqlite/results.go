@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS units (
 CREATE TABLE IF NOT EXISTS rejected_results ( -- messages on RESULTS that are not well-formed results
 	seq     INTEGER PRIMARY KEY,
 	subject TEXT    NOT NULL,
-	reason  TEXT    NOT NULL
+	reason  TEXT    NOT NULL,
+	time    INTEGER NOT NULL -- unix nanoseconds: when RESULTS stored it
 );
 
 CREATE TABLE IF NOT EXISTS server_status (
@@ -89,15 +90,19 @@ func (db *DB) CommitResults(ctx context.Context, seq uint64, batch []projections
 			if e.Sequence <= cur {
 				continue
 			}
-			if e.Err != nil {
-				if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO rejected_results (seq, subject, reason) VALUES (?, ?, ?)`,
-					int64(e.Sequence), e.Subject, e.Err.Error()); err != nil {
+			reject := e.Err
+			if reject == nil {
+				err := projections.FoldResult(w, e)
+				if err != nil && !errors.Is(err, projections.ErrRejected) {
+					return &projections.EventError{Seq: e.Sequence, Err: fmt.Errorf("%s: %w", e.Subject, err)}
+				}
+				reject = err
+			}
+			if reject != nil {
+				if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO rejected_results (seq, subject, reason, time) VALUES (?, ?, ?, ?)`,
+					int64(e.Sequence), e.Subject, reject.Error(), e.Time.UnixNano()); err != nil {
 					return fmt.Errorf("record the rejected result at %d: %w", e.Sequence, err)
 				}
-				continue
-			}
-			if err := projections.FoldResult(w, e); err != nil {
-				return &projections.EventError{Seq: e.Sequence, Err: fmt.Errorf("%s: %w", e.Subject, err)}
 			}
 		}
 		if err := w.save(); err != nil {
@@ -516,6 +521,9 @@ func (db *DB) PruneResults(ctx context.Context, before time.Time) (int64, error)
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM operations WHERE script = '' AND time < ?`, t); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM rejected_results WHERE time < ?`, t); err != nil {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `DELETE FROM units WHERE planned < ?`, t)

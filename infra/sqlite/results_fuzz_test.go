@@ -24,13 +24,14 @@ func FuzzFoldResult(f *testing.F) {
 	}
 	f.Cleanup(func() { db.Close() })
 	kinds := []string{"ScriptPlanned", "ScriptStarted", "ScriptOutput", "ScriptFinished", "UnitPlanned"}
-	id := "0192f1e0-6b1a-7c3e-9d2f-5a4b3c2d1e0f"
+	unit := "0192f1e0-6b1a-7c3e-9d2f-5a4b3c2d1e0f"
+	id := events.ScriptID(uuid.MustParse(unit), "web1", "b").String() // the script of backend b on web1
 	for i, seed := range []string{
-		`{"id":"` + id + `","unit":"` + id + `","server":"web1","backend":"b","operations":[{"backend":"b","action":"save","type":"t","name":"n"}],"state":"RECEIVED","time":"2026-01-01T00:00:00Z"}`,
-		`{"id":"` + id + `","server":"web1","attempt":2,"time":"2026-01-01T00:00:00Z"}`,
+		`{"id":"` + id + `","unit":"` + unit + `","server":"web1","backend":"b","operations":[{"backend":"b","action":"save","type":"t","name":"n"}],"state":"RECEIVED","time":"2026-01-01T00:00:00Z"}`,
+		`{"id":"` + id + `","unit":"` + unit + `","server":"web1","backend":"b","attempt":2,"time":"2026-01-01T00:00:00Z"}`,
 		`{"id":"` + id + `","attempt":2,"stream":"stdout","data":"aGVsbG8K"}`,
-		`{"id":"` + id + `","attempt":-1,"state":"TIMEOUT","exit_code":-1}`,
-		`{"unit":"` + id + `","scripts":[{"id":"` + id + `","server":"web1","state":"RECEIVED"}],"dropped":[{"operation":{"type":"t","name":"n"},"reason":"r"}]}`,
+		`{"id":"` + id + `","unit":"` + unit + `","server":"web1","backend":"b","attempt":-1,"state":"TIMEOUT","exit_code":-1}`,
+		`{"unit":"` + unit + `","scripts":[{"id":"` + id + `","server":"web1","state":"RECEIVED"}],"dropped":[{"operation":{"type":"t","name":"n"},"reason":"r"}]}`,
 	} {
 		f.Add(uint8(i), []byte(seed))
 	}
@@ -39,7 +40,7 @@ func FuzzFoldResult(f *testing.F) {
 		k := kinds[int(kind)%len(kinds)]
 		subject := "orchestra.res.web1." + id + "." + k
 		if k == "UnitPlanned" {
-			subject = events.UnitSubject(uuid.MustParse(id), k)
+			subject = events.UnitSubject(uuid.MustParse(unit), k)
 		}
 		r, err := planbus.DecodeResult(subject, data)
 		if err != nil {

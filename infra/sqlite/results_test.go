@@ -2,7 +2,9 @@ package sqlite_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -57,5 +59,40 @@ func TestPruneResultsAsRetentionDoes(t *testing.T) {
 	}
 	if _, err := db.Unit(ctx, unit); !errors.Is(err, projections.ErrNotFound) {
 		t.Errorf("the old unit: %v, want not found", err)
+	}
+}
+
+// TestOpenMigratesSchemaTwo: a file whose results tables were made by
+// schema version 2 (no updated column) opens, and its logs are pruned by
+// their creation.
+func TestOpenMigratesSchemaTwo(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "results.db")
+	raw, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-40 * 24 * time.Hour).UnixNano()
+	for _, q := range []string{
+		`CREATE TABLE scripts (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, server TEXT NOT NULL, backend TEXT NOT NULL,
+			unit TEXT NOT NULL, state TEXT NOT NULL, created INTEGER NOT NULL, entry BLOB NOT NULL, script TEXT NOT NULL,
+			stdout BLOB NOT NULL, stderr BLOB NOT NULL)`,
+		`CREATE TABLE rejected_results (seq INTEGER PRIMARY KEY, subject TEXT NOT NULL, reason TEXT NOT NULL)`,
+		fmt.Sprintf(`INSERT INTO scripts VALUES (1, 'a', 'web1', 'b', 'u', 'SUCCESS', %d, '{}', '', '', '')`, old),
+		`PRAGMA user_version = 2`,
+	} {
+		if _, err := raw.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := raw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sqlite.Open(path)
+	if err != nil {
+		t.Fatalf("open a schema 2 file: %v", err)
+	}
+	defer db.Close()
+	if n, err := db.PruneResults(context.Background(), time.Now().Add(-30*24*time.Hour)); err != nil || n != 1 {
+		t.Errorf("pruned %d, %v; want the old log", n, err)
 	}
 }

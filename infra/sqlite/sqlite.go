@@ -30,7 +30,7 @@ var (
 
 // schemaVersion is the layout schema creates, kept in PRAGMA user_version.
 // A file with a higher version was written by a newer build and is refused.
-const schemaVersion = 2
+const schemaVersion = 3
 
 // schema is idempotent: Open runs it on every start.
 const schema = `
@@ -60,6 +60,26 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 CREATE INDEX IF NOT EXISTS idempotency_by_created ON idempotency (created);
 `
+
+// migrate brings tables made by schema version v up to date: CREATE TABLE
+// IF NOT EXISTS leaves a table that exists as it was.
+func migrate(ctx context.Context, tx *sql.Tx, v int) error {
+	if v != 2 {
+		return nil // version 1 had no results tables; 0 is a new file
+	}
+	var has int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM pragma_table_info('scripts') WHERE name = 'updated'`).Scan(&has); err != nil {
+		return err
+	}
+	if has > 0 {
+		return nil
+	}
+	// Until then logs were pruned by their creation.
+	_, err := tx.ExecContext(ctx, `ALTER TABLE scripts ADD COLUMN updated INTEGER NOT NULL DEFAULT 0;
+		UPDATE scripts SET updated = created;
+		ALTER TABLE rejected_results ADD COLUMN time INTEGER NOT NULL DEFAULT 0`)
+	return err
+}
 
 // queryIndexes are the indexes only queries (and pruning) use: folds and
 // commits look rows up by their keys. A replay builds them once it has caught up
@@ -236,6 +256,9 @@ func (db *DB) init(ctx context.Context) error {
 		}
 		if _, err := tx.ExecContext(ctx, schema+resultsSchema); err != nil {
 			return fmt.Errorf("create schema: %w", err)
+		}
+		if err := migrate(ctx, tx, v); err != nil {
+			return fmt.Errorf("migrate from schema version %d: %w", v, err)
 		}
 		if err := buildQueryIndexes(ctx, tx); err != nil {
 			return err
