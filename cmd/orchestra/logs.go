@@ -84,45 +84,29 @@ func newUnitsCommand() *cobra.Command {
 		Short: "Show a unit of work's roll-up",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(output); err != nil {
-				return err
-			}
-			c, err := newClient()
-			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "GET", "/v1/units/"+url.PathEscape(args[0]), nil, &raw); err != nil {
-				return err
-			}
-			if output != "table" {
-				return printData(cmd.OutOrStdout(), output, raw)
-			}
 			var u projections.UnitLog
-			if err := json.Unmarshal(raw, &u); err != nil {
-				return err
-			}
-			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "unit        %s\nplanned     %s (events up to %d)\noperations  %d\n", u.Unit, u.Planned.Local().Format(time.DateTime), u.Sequence, u.Operations)
-			fmt.Fprintf(w, "scripts     %d queued, %d running, %d succeeded, %d failed\n", u.Counts.Queued, u.Counts.Running, u.Counts.Succeeded, u.Counts.Failed)
-			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			if len(u.Scripts) > 0 {
-				fmt.Fprintln(tw, "SCRIPT\tSERVER\tBACKEND\tSTATE\tASYNC")
-				for _, s := range u.Scripts {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", s.ID, s.Server, s.Backend, s.State, s.Async)
+			return showDocument(cmd, output, "/v1/units/"+url.PathEscape(args[0]), &u, func(w io.Writer) error {
+				fmt.Fprintf(w, "unit        %s\nplanned     %s (events up to %d)\noperations  %d\n", u.Unit, u.Planned.Local().Format(time.DateTime), u.Sequence, u.Operations)
+				fmt.Fprintf(w, "scripts     %d queued, %d running, %d succeeded, %d failed\n", u.Counts.Queued, u.Counts.Running, u.Counts.Succeeded, u.Counts.Failed)
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				if len(u.Scripts) > 0 {
+					fmt.Fprintln(tw, "SCRIPT\tSERVER\tBACKEND\tSTATE\tASYNC")
+					for _, s := range u.Scripts {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", s.ID, s.Server, s.Backend, s.State, s.Async)
+					}
 				}
-			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			for _, d := range u.Dropped {
-				route := ""
-				if d.Route != "" {
-					route = " by " + d.Route
+				if err := tw.Flush(); err != nil {
+					return err
 				}
-				fmt.Fprintf(w, "dropped     %s %s/%s (%s)%s: %s\n", d.Operation.Action, d.Operation.Type, d.Operation.Name, d.Operation.Backend, route, d.Reason)
-			}
-			return nil
+				for _, d := range u.Dropped {
+					route := ""
+					if d.Route != "" {
+						route = " by " + d.Route
+					}
+					fmt.Fprintf(w, "dropped     %s %s/%s (%s)%s: %s\n", d.Operation.Action, d.Operation.Type, d.Operation.Name, d.Operation.Backend, route, d.Reason)
+				}
+				return nil
+			})
 		},
 	}
 	show.Flags().StringVarP(&output, "output", "o", "table", "table (text), json or yaml")
@@ -438,6 +422,29 @@ func newHistoryCommand() *cobra.Command {
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, json or yaml")
 	cmd.Flags().IntVar(&limit, "limit", 50, "how many operations, newest first")
 	return cmd
+}
+
+// showDocument GETs one document at path: with -o json or yaml it prints
+// it as it came; as text it decodes it into v and calls text.
+func showDocument(cmd *cobra.Command, output, path string, v any, text func(io.Writer) error) error {
+	if err := checkOutput(output); err != nil {
+		return err
+	}
+	c, err := newClient()
+	if err != nil {
+		return err
+	}
+	var raw json.RawMessage
+	if err := c.do(cmd.Context(), "GET", path, nil, &raw); err != nil {
+		return err
+	}
+	if output != "table" {
+		return printData(cmd.OutOrStdout(), output, raw)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	return text(cmd.OutOrStdout())
 }
 
 // getAndPrint GETs a page at path: with -o json or yaml it prints the

@@ -104,26 +104,11 @@ func newScriptShowCommand() *cobra.Command {
 		Short: "Show a script's log: where and how it ran, the script (secrets masked) and its output",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := checkOutput(output); err != nil {
-				return err
-			}
-			c, err := newClient()
-			if err != nil {
-				return err
-			}
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "GET", "/v1/scripts/"+url.PathEscape(args[0]), nil, &raw); err != nil {
-				return err
-			}
-			if output != "table" {
-				return printData(cmd.OutOrStdout(), output, raw)
-			}
 			var l projections.ScriptLog
-			if err := json.Unmarshal(raw, &l); err != nil {
-				return err
-			}
-			printScriptLog(cmd.OutOrStdout(), l)
-			return nil
+			return showDocument(cmd, output, "/v1/scripts/"+url.PathEscape(args[0]), &l, func(w io.Writer) error {
+				printScriptLog(w, l)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "table (text), json or yaml")
