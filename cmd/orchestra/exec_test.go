@@ -67,6 +67,15 @@ func job(name, where string, sleep float64) string {
 // for its scripts.
 func (p *process) applyText(t *testing.T, dir, doc string) {
 	t.Helper()
+	if out, errOut, code := p.applyDoc(t, dir, doc, "--wait", "0s"); code != 0 {
+		t.Fatalf("apply exited %d: %s%s", code, out, errOut)
+	}
+}
+
+// applyDoc writes doc to a file in dir and runs orchestra apply -f on it
+// with args, as an operator would.
+func (p *process) applyDoc(t *testing.T, dir, doc string, args ...string) (string, string, int) {
+	t.Helper()
 	f, err := os.CreateTemp(dir, "apply-*.yml")
 	if err != nil {
 		t.Fatal(err)
@@ -74,10 +83,10 @@ func (p *process) applyText(t *testing.T, dir, doc string) {
 	if _, err := f.WriteString(doc); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
-	if out, errOut, code := p.cli(t, dir, "apply", "--wait", "0s", "-f", f.Name()); code != 0 {
-		t.Fatalf("apply exited %d: %s%s", code, out, errOut)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
 	}
+	return p.cli(t, dir, append([]string{"apply", "-f", f.Name()}, args...)...)
 }
 
 // scriptResults reads every result RESULTS holds about a script.
@@ -424,11 +433,7 @@ async: true
 `
 	apply := func(doc string, args ...string) (string, string, int) {
 		t.Helper()
-		f := filepath.Join(dir, "apply.yml")
-		if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p.cli(t, dir, append([]string{"apply", "-f", f}, args...)...)
+		return p.applyDoc(t, dir, doc, args...)
 	}
 	res := func(name string, code int, sleep float64) string {
 		return fmt.Sprintf("kind: Resource\ntype: job\nname: %s\nattrs: {code: %d, sleep: %g}\n", name, code, sleep)

@@ -22,11 +22,7 @@ func TestReadSideCLI(t *testing.T) {
 	p.waitReady(t)
 	apply := func(doc string) map[string]any {
 		t.Helper()
-		f := filepath.Join(dir, "apply.yml")
-		if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		out, errOut, _ := p.cli(t, dir, "apply", "-f", f, "-o", "json")
+		out, errOut, _ := p.applyDoc(t, dir, doc, "-o", "json")
 		var res map[string]any
 		if err := json.Unmarshal([]byte(out), &res); err != nil {
 			t.Fatalf("apply: %v\n%s%s", err, out, errOut)
