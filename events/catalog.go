@@ -11,6 +11,9 @@ func Catalog() []Payload {
 		&ResourceSaved{}, &ResourceDeleted{},
 		&TokenCreated{}, &TokenRevoked{},
 		&ResourceActionRequested{}, &ServerSyncRequested{}, &ScriptRetryRequested{},
+		&SiteSaved{}, &SiteDeleted{},
+		&RunRequested{}, &RunPhaseStarted{}, &RunPhaseFinished{}, &RunCancelRequested{}, &RunFinished{},
+		&NotificationAbandoned{},
 	}
 }
 
@@ -22,4 +25,9 @@ const (
 	AggResource = "resource"
 	AggToken    = "token"
 	AggScript   = "script" // a script's retries
+	AggSite     = "site"
+	// AggSiteRun holds the runs of one site (its id is the site's name),
+	// so that one run at a time is a compare-and-set.
+	AggSiteRun      = "siterun"
+	AggNotification = "notification"
 )

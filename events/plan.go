@@ -1,6 +1,7 @@
 package events
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -55,6 +56,18 @@ type Plan struct {
 	Server   string       `json:"server"`
 	Time     time.Time    `json:"time"` // when the unit was committed
 	Scripts  []PlanScript `json:"scripts"`
+	// Site and Phase are set on the plans of a site run, whose Unit is the
+	// run: one plan per server for each phase.
+	Site  string `json:"site,omitempty"`
+	Phase int    `json:"phase,omitempty"`
+}
+
+// MsgID is the plan's Nats-Msg-Id: PlanID, and the phase of a run's.
+func (p Plan) MsgID() string {
+	if p.Site != "" {
+		return PlanID(p.Unit, p.Server) + "#" + strconv.Itoa(p.Phase)
+	}
+	return PlanID(p.Unit, p.Server)
 }
 
 // PlanScript is one backend's script of a plan.

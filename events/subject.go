@@ -12,11 +12,17 @@ const (
 	StreamExec    = "EXEC"
 	StreamResults = "RESULTS"
 	StreamLogs    = "LOGS"
+	StreamNotify  = "NOTIFY"
 
 	SubjectEvents  = "orchestra.evt.>"
 	SubjectExec    = "orchestra.exec.>"
 	SubjectResults = "orchestra.res.>"
 	SubjectLogs    = "orchestra.log.>"
+	SubjectNotify  = "orchestra.notify.>"
+	// SubjectNotifySend holds one message per notification to deliver,
+	// SubjectNotifyPoison those given up on.
+	SubjectNotifySend   = "orchestra.notify.send"
+	SubjectNotifyPoison = "orchestra.notify.poison"
 
 	eventPrefix = "orchestra.evt."
 

@@ -84,6 +84,7 @@ var kindEndpoints = []kindEndpoint{
 	{services.KindServer, projections.TableServers, "/v1/servers", services.RoleAdmin},
 	{services.KindBackend, projections.TableBackends, "/v1/backends", services.RoleAdmin},
 	{services.KindRoute, projections.TableRoutes, "/v1/routes", services.RoleAdmin},
+	{services.KindSite, projections.TableSites, "/v1/sites", services.RoleAdmin},
 }
 
 // Routes lists every endpoint of /v1; the OpenAPI document describes exactly
@@ -127,6 +128,11 @@ func Routes() []Route {
 		Route{"GET", "/v1/tokens", services.RoleAdmin, (*api).listTokens},
 		Route{"POST", "/v1/tokens", services.RoleAdmin, (*api).createToken},
 		Route{"DELETE", "/v1/tokens/{name}", services.RoleAdmin, (*api).revokeToken},
+		Route{"POST", "/v1/sites/{name}/commands", services.RoleOperator, (*api).siteCommand},
+		Route{"GET", "/v1/sites/{name}/state", services.RoleViewer, (*api).siteState},
+		Route{"GET", "/v1/runs", services.RoleViewer, (*api).listRuns},
+		Route{"GET", "/v1/runs/{id}", services.RoleViewer, (*api).run},
+		Route{"POST", "/v1/runs/{id}/cancel", services.RoleOperator, (*api).cancelRun},
 		Route{"GET", "/v1/openapi.json", services.RoleViewer, (*api).openAPI},
 	)
 	return rs

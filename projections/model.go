@@ -75,6 +75,9 @@ func (m *Model) Apply(e events.Envelope) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
+	if rows, ok, err := applySite(e, p); ok {
+		return rows, err
+	}
 	v := e.Sequence
 	switch p := p.(type) {
 	case *events.ServerSaved:

@@ -117,6 +117,7 @@ type draft struct {
 	backend  events.Backend
 	route    events.Route
 	resource resourceDraft
+	site     events.Site
 }
 
 // prepare validates every object on its own and checks the caller may change
@@ -165,8 +166,12 @@ func (s *Service) normalize(o Object) (draft, error) {
 		}
 	case o.Resource != nil:
 		d.resource, err = o.Resource.normalize()
+	case o.Site != nil && o.Delete:
+		err = validateName("name", o.Site.Name)
+	case o.Site != nil:
+		d.site, err = o.Site.normalize()
 	default:
-		err = FieldErrorf(EINVALID, "kind", "%q is not a kind; use one of Server, Backend, Route, Resource", o.Kind)
+		err = FieldErrorf(EINVALID, "kind", "%q is not a kind; use one of %s", o.Kind, kindList)
 	}
 	if err != nil {
 		return draft{}, err
@@ -190,6 +195,8 @@ func namedRef(o Object) Ref {
 		if err = validateIdent("type", o.Resource.Type); err == nil {
 			err = validateName("name", o.Resource.Name)
 		}
+	case o.Site != nil:
+		err = validateName("name", o.Site.Name)
 	default:
 		return Ref{}
 	}
@@ -207,6 +214,7 @@ type change struct {
 	payload events.Payload // nil: nothing to write
 	server  *events.Server // the saved value, for reference checks
 	route   *events.Route
+	site    *events.Site
 	result  ObjectResult
 }
 
@@ -326,6 +334,11 @@ func (s *Service) decide(d draft) (change, error) {
 		case KindResource:
 			r := st.resources[d.ref.Name].value
 			c.payload = &events.ResourceDeleted{Type: r.Type, Name: r.Name}
+		case KindSite:
+			if run, busy := st.active[d.ref.Name]; busy {
+				return change{}, Errorf(ECONFLICT, "is running %s; wait for it to end or cancel it (orchestra run cancel %s)", st.runs[run].Describe(), run)
+			}
+			c.payload = &events.SiteDeleted{Name: d.ref.Name}
 		}
 		return c, nil
 	}
@@ -353,6 +366,18 @@ func (s *Service) decide(d draft) (change, error) {
 		}
 		changed = ch
 		c.payload = &events.ResourceSaved{Resource: res, Changed: changed}
+	case KindSite:
+		var old *events.Site
+		if v, ok := st.sites[d.ref.Name]; ok {
+			old = &v.value
+		}
+		site, ch, err := sealSite(s.cfg.Sealer, d.site, old)
+		if err != nil {
+			return change{}, err
+		}
+		changed = ch
+		c.payload = &events.SiteSaved{Site: site, Changed: changed}
+		c.site = &site
 	}
 	switch {
 	case cur == 0:
@@ -416,11 +441,45 @@ func (s *Service) checkReferences(req ApplyRequest, changes []change) error {
 			}
 		}
 	}
-	// Routes that remain once the unit is applied, by server and backend.
+	for _, c := range changes {
+		if c.site == nil {
+			continue
+		}
+		for i, svc := range c.site.Services {
+			for j, name := range svc.Servers {
+				if !exists(Ref{KindServer, name}) {
+					e := FieldErrorf(EINVALID, fmt.Sprintf("services[%d].servers[%d]", i, j), "server %q does not exist; create it first or in the same apply", name)
+					return &referenceError{at(c.index, req.Single, c.ref, e)}
+				}
+			}
+		}
+	}
+	// Routes and sites that remain once the unit is applied, by server
+	// and backend.
 	users := map[Ref][]string{}
+	addSite := func(site events.Site) {
+		for _, svc := range site.Services {
+			for _, srv := range svc.Servers {
+				ref := Ref{KindServer, srv}
+				if name := "site " + site.Name; !slices.Contains(users[ref], name) {
+					users[ref] = append(users[ref], name)
+				}
+			}
+		}
+	}
+	for name, site := range s.state.sites {
+		if _, touched := pending[Ref{KindSite, name}]; !touched {
+			addSite(site.value)
+		}
+	}
+	for _, c := range changes {
+		if c.site != nil {
+			addSite(*c.site)
+		}
+	}
 	addRoute := func(name string, r events.Route) {
-		users[Ref{KindServer, r.Server}] = append(users[Ref{KindServer, r.Server}], name)
-		users[Ref{KindBackend, r.Backend}] = append(users[Ref{KindBackend, r.Backend}], name)
+		users[Ref{KindServer, r.Server}] = append(users[Ref{KindServer, r.Server}], "route "+name)
+		users[Ref{KindBackend, r.Backend}] = append(users[Ref{KindBackend, r.Backend}], "route "+name)
 	}
 	for name, r := range s.state.routes {
 		if _, touched := pending[Ref{KindRoute, name}]; !touched {
@@ -438,7 +497,7 @@ func (s *Service) checkReferences(req ApplyRequest, changes []change) error {
 		}
 		if names := users[c.ref]; len(names) > 0 {
 			slices.Sort(names)
-			e := Errorf(ECONFLICT, "is still used by route(s) %s; delete them in the same apply", quoteList(names))
+			e := Errorf(ECONFLICT, "is still used by %s; delete or change them in the same apply", strings.Join(names, ", "))
 			return at(c.index, req.Single, c.ref, e)
 		}
 	}
@@ -449,6 +508,8 @@ func (s *Service) checkReferences(req ApplyRequest, changes []change) error {
 // resources, admins everything.
 var kindRoles = map[string]string{
 	KindServer: RoleAdmin, KindBackend: RoleAdmin, KindRoute: RoleAdmin, KindResource: RoleOperator,
+	// A site's commands run on its servers as they are written.
+	KindSite: RoleAdmin,
 }
 
 func roleToChange(kind string) string { return kindRoles[kind] }

@@ -19,6 +19,7 @@ type Object struct {
 	Backend  *BackendSpec
 	Route    *RouteSpec
 	Resource *ResourceSpec
+	Site     *SiteSpec
 	// Cond is what the caller expects of the object's current version;
 	// the zero value expects nothing.
 	Cond Condition
@@ -43,6 +44,8 @@ func (o Object) Ref() Ref {
 		return Ref{KindRoute, RouteName(o.Route.Backend, o.Route.Server)}
 	case o.Resource != nil:
 		return Ref{KindResource, ResourceName(o.Resource.Type, o.Resource.Name)}
+	case o.Site != nil:
+		return Ref{KindSite, o.Site.Name}
 	}
 	return Ref{Kind: o.Kind}
 }
@@ -81,6 +84,8 @@ func (o *Object) Identify(name string) error {
 			return err
 		}
 		return set("name", &o.Resource.Name, n)
+	case o.Site != nil:
+		return set("name", &o.Site.Name, name)
 	}
 	return FieldErrorf(EINVALID, "kind", "%q is not a kind", o.Kind)
 }
@@ -152,10 +157,16 @@ func decodeAs(h header, data []byte) (Object, error) {
 			header
 			*ResourceSpec
 		}{ResourceSpec: o.Resource})
+	case KindSite:
+		o.Site = new(SiteSpec)
+		err = decodeStrict(data, &struct {
+			header
+			*SiteSpec
+		}{SiteSpec: o.Site})
 	case "":
-		return Object{}, FieldErrorf(EINVALID, "kind", "is missing; use one of Server, Backend, Route, Resource")
+		return Object{}, FieldErrorf(EINVALID, "kind", "is missing; use one of %s", kindList)
 	default:
-		return Object{}, FieldErrorf(EINVALID, "kind", "%q is not a kind; use one of Server, Backend, Route, Resource", h.Kind)
+		return Object{}, FieldErrorf(EINVALID, "kind", "%q is not a kind; use one of %s", h.Kind, kindList)
 	}
 	return o, err
 }
@@ -207,7 +218,7 @@ func specField(path string) string {
 	parts := strings.Split(path, ".")
 	parts = slices.DeleteFunc(parts, func(p string) bool {
 		switch p {
-		case "header", "ServerSpec", "BackendSpec", "RouteSpec", "ResourceSpec":
+		case "header", "ServerSpec", "BackendSpec", "RouteSpec", "ResourceSpec", "SiteSpec":
 			return true
 		}
 		return false
@@ -247,6 +258,8 @@ func Named(kind, name string) (Object, error) {
 		o.Route = new(RouteSpec)
 	case KindResource:
 		o.Resource = new(ResourceSpec)
+	case KindSite:
+		o.Site = new(SiteSpec)
 	}
 	return o, o.Identify(name)
 }

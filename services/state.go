@@ -1,6 +1,8 @@
 package services
 
 import (
+	"github.com/google/uuid"
+
 	"github.com/orchestra-fleet/orchestra/events"
 )
 
@@ -11,6 +13,9 @@ const (
 	KindRoute    = "Route"
 	KindResource = "Resource"
 )
+
+// kindList names the kinds for messages.
+const kindList = "Server, Backend, Route, Resource, Site"
 
 // Ref names one model object: its kind and its name. A route is named
 // "<backend>@<server>", a resource "<type>/<name>".
@@ -31,6 +36,7 @@ var aggregateTypes = map[string]string{
 	KindBackend:  events.AggBackend,
 	KindRoute:    events.AggRoute,
 	KindResource: events.AggResource,
+	KindSite:     events.AggSite,
 }
 
 // RouteName is the name of the route from backend to server.
@@ -61,8 +67,12 @@ type State struct {
 	backends  map[string]versioned[events.Backend]
 	routes    map[string]versioned[events.Route]
 	resources map[string]versioned[events.Resource]
-	tokens    map[string]token
-	byHash    map[string]string // token hash → token name
+	sites     map[string]versioned[events.Site]
+	// runs are the runs not over yet, by id; active names each site's.
+	runs   map[uuid.UUID]*RunProgress
+	active map[string]uuid.UUID
+	tokens map[string]token
+	byHash map[string]string // token hash → token name
 	// last is the sequence of each aggregate's last event, deletions
 	// included: what the event store guards the aggregate with.
 	last map[events.Aggregate]uint64
@@ -75,6 +85,9 @@ func NewState() *State {
 		backends:  make(map[string]versioned[events.Backend]),
 		routes:    make(map[string]versioned[events.Route]),
 		resources: make(map[string]versioned[events.Resource]),
+		sites:     make(map[string]versioned[events.Site]),
+		runs:      make(map[uuid.UUID]*RunProgress),
+		active:    make(map[string]uuid.UUID),
 		tokens:    make(map[string]token),
 		byHash:    make(map[string]string),
 		last:      make(map[events.Aggregate]uint64),
@@ -109,6 +122,22 @@ func (s *State) Evolve(e events.Envelope, p events.Payload) {
 		s.resources[ResourceName(p.Resource.Type, p.Resource.Name)] = versioned[events.Resource]{p.Resource, v}
 	case *events.ResourceDeleted:
 		delete(s.resources, ResourceName(p.Type, p.Name))
+	case *events.SiteSaved:
+		s.sites[p.Site.Name] = versioned[events.Site]{p.Site, v}
+	case *events.SiteDeleted:
+		delete(s.sites, p.Name)
+	case *events.RunRequested:
+		s.runs[p.Run] = &RunProgress{Req: *p, Started: e.Time, Phase: -1}
+		s.active[p.Site] = p.Run
+	case *events.RunPhaseStarted, *events.RunPhaseFinished, *events.RunCancelRequested:
+		if r := s.runs[runOf(p)]; r != nil {
+			r.evolve(p)
+		}
+	case *events.RunFinished:
+		delete(s.runs, p.Run)
+		if s.active[p.Site] == p.Run {
+			delete(s.active, p.Site)
+		}
 	case *events.TokenCreated:
 		s.tokens[p.Name] = token{role: p.Role, hash: p.Hash, version: v}
 		s.byHash[p.Hash] = p.Name
@@ -140,6 +169,8 @@ func (s *State) version(ref Ref) uint64 {
 		return s.routes[ref.Name].version
 	case KindResource:
 		return s.resources[ref.Name].version
+	case KindSite:
+		return s.sites[ref.Name].version
 	}
 	return 0 // kinds are checked when a document is decoded
 }

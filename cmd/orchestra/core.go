@@ -23,7 +23,9 @@ import (
 	"github.com/orchestra-fleet/orchestra/infra/readmodel"
 	"github.com/orchestra-fleet/orchestra/infra/routeexpr"
 	"github.com/orchestra-fleet/orchestra/infra/secrets"
+	"github.com/orchestra-fleet/orchestra/infra/siterunner"
 	"github.com/orchestra-fleet/orchestra/infra/sqlite"
+	"github.com/orchestra-fleet/orchestra/infra/wmjet"
 	"github.com/orchestra-fleet/orchestra/projections"
 	"github.com/orchestra-fleet/orchestra/services"
 )
@@ -48,6 +50,8 @@ type core struct {
 	executor   *executor.Executor
 	fleet      *executor.Fleet
 	ssh        *executor.SSH
+	runner     *services.Runner
+	js         jetstream.JetStream
 	nc         *nats.Conn
 	log        *slog.Logger
 }
@@ -109,7 +113,12 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 		replays:    readmodel.NewReplays(ctx, log, model, results),
 		retention:  retention,
 		dispatcher: projections.NewDispatcher(reg, db, store, bus, projections.Renderer{Compiler: routeexpr.Compiler{}, Sealer: sealer}),
-		fleet:      fleet, nc: js.Conn(), log: log}
+		fleet:      fleet, js: js, nc: js.Conn(), log: log}
+	steps, err := siterunner.NewBus(ctx, js, bus)
+	if err != nil {
+		return nil, err
+	}
+	c.runner = services.NewRunner(svc, steps, log.With("component", "site runner"))
 	if c.executor, c.ssh, err = newExecutor(ctx, js, svc, ex, log); err != nil {
 		return nil, err
 	}
@@ -132,7 +141,7 @@ func (c *core) run(ctx context.Context) error {
 	defer c.ssh.Close()
 	execute := func(ctx context.Context) error { return c.executor.Run(ctx, c.fleet) }
 	syncs := func(ctx context.Context) error { return serveAgentSyncs(ctx, c.nc, c.svc, c.fleet, c.log) }
-	runs := []func(context.Context) error{c.model.Run, c.results.Run, c.prune, c.dispatcher.Run, execute, syncs}
+	runs := []func(context.Context) error{c.model.Run, c.results.Run, c.prune, c.dispatcher.Run, execute, syncs, c.control}
 	errs := make(chan error, len(runs))
 	for _, run := range runs {
 		go func() {
@@ -148,6 +157,45 @@ func (c *core) run(ctx context.Context) error {
 	}
 	return first
 }
+
+// control runs the Watermill router of the control plane: the site
+// runner's handlers. Once they read their consumers, the runs a runner
+// stopped in the middle of resume.
+func (c *core) control(ctx context.Context) error {
+	sub := wmjet.NewSubscriber(c.js, siterunner.Topics(time.Minute))
+	defer sub.Close()
+	router, err := wmjet.NewRouter(c.log.With("component", "control"), wmjet.NewPublisher(c.js), wmjet.RouterConfig{
+		MaxRetries: 5, InitialInterval: 200 * time.Millisecond, MaxInterval: 5 * time.Second, PoisonTopic: poisonRunner,
+	})
+	if err != nil {
+		return err
+	}
+	siterunner.AddHandlers(router, sub, c.runner, c.svc, c.log.With("component", "site runner"))
+	done := make(chan error, 1)
+	go func() { done <- router.Run(ctx) }()
+	select {
+	case <-router.Running():
+	case err := <-done:
+		return err
+	}
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
+		err := c.runner.Resume(ctx)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		c.log.Warn("resuming site runs failed; trying again", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+	return <-done
+}
+
+// poisonRunner is where the runner's handlers put a message they failed
+// on after every retry: kept for inspection (nats stream view NOTIFY);
+// the run resumes at the next start.
+const poisonRunner = "orchestra.notify.poison.runner"
 
 // pruneEvery is how often the results read models drop what RESULTS no
 // longer holds.

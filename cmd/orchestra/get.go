@@ -42,6 +42,19 @@ var kindInfos = []kindInfo{
 			attrs, _ := json.Marshal(d["attrs"])
 			return []string{str(d["type"]), str(d["name"]), clip(string(attrs), 60), keys(d["secrets"]), labels(d["labels"]), str(d["version"])}
 		}},
+	{"Site", "/v1/sites", []string{"NAME", "SERVICES", "UPDATE", "NOTIFY", "VERSION"},
+		func(d map[string]any) []string {
+			var names []string
+			svcs, _ := d["services"].([]any)
+			for _, s := range svcs {
+				if m, ok := s.(map[string]any); ok {
+					names = append(names, str(m["name"])+"@"+str(m["rank"]))
+				}
+			}
+			notify, _ := d["notify"].([]any)
+			update, _ := d["update"].(map[string]any)
+			return []string{str(d["name"]), clip(strings.Join(names, ","), 60), str(update["strategy"]), fmt.Sprint(len(notify)), str(d["version"])}
+		}},
 	{"Token", "/v1/tokens", []string{"NAME", "ROLE", "CREATED BY", "CREATED", "VERSION"},
 		func(d map[string]any) []string {
 			return []string{str(d["name"]), str(d["role"]), str(d["created_by"]), str(d["created"]), str(d["version"])}
@@ -84,8 +97,8 @@ func newGetCommand() *cobra.Command {
 	var output, typ string
 	cmd := &cobra.Command{
 		Use:   "get KIND [NAME]",
-		Short: "Show servers, backends, routes, resources or tokens",
-		Long: "Show one object or a list. KIND is servers, backends, routes, resources or tokens.\n" +
+		Short: "Show servers, backends, routes, resources, sites or tokens",
+		Long: "Show one object or a list. KIND is servers, backends, routes, resources, sites or tokens.\n" +
 			"A resource is named TYPE/NAME; `get resources TYPE` lists one type.\n" +
 			"-o json prints the API's documents (a list prints a JSON array); -o yaml prints documents `orchestra apply` takes back.",
 		Args: cobra.RangeArgs(1, 2),

@@ -32,7 +32,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newUpCommand(stderr), newApplyCommand(), newPlanCommand(), newGetCommand(), newDeleteCommand(), newTokenCommand(),
-		newActionCommand(), newSyncCommand(), newScriptsCommand(), newUnitsCommand(), newLogsCommand(), newStatusCommand(), newHistoryCommand(), newReplayCommand(), newAgentCommand(stderr))
+		newActionCommand(), newSyncCommand(), newScriptsCommand(), newUnitsCommand(), newLogsCommand(), newStatusCommand(), newHistoryCommand(), newReplayCommand(), newAgentCommand(stderr),
+		newSiteCommand(), newRunCommand(), newPsCommand())
 
 	err := root.ExecuteContext(ctx)
 	if err == nil {

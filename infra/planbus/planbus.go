@@ -156,7 +156,7 @@ func (b *Bus) Send(ctx context.Context, plans []events.Plan, records []events.Re
 			return err
 		}
 		h := nats.Header{HeaderUnit: {p.Unit.String()}, HeaderSequence: {strconv.FormatUint(p.Sequence, 10)}}
-		if err := publish(subject, events.PlanID(p.Unit, p.Server), h, p); err != nil {
+		if err := publish(subject, p.MsgID(), h, p); err != nil {
 			return err
 		}
 	}

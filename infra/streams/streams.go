@@ -92,6 +92,7 @@ func Configs(c Config) ([]jetstream.StreamConfig, error) {
 		retained(c, events.StreamExec, "Plans, one subject per server, strictly ordered", events.SubjectExec),
 		results,
 		logs,
+		retained(c, events.StreamNotify, "Notifications to deliver, and those given up on", events.SubjectNotify),
 	}, nil
 }
 
