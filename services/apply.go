@@ -461,7 +461,7 @@ func (s *Service) checkReferences(req ApplyRequest, changes []change) error {
 		for _, svc := range site.Services {
 			for _, srv := range svc.Servers {
 				ref := Ref{KindServer, srv}
-				if name := "site " + site.Name; !slices.Contains(users[ref], name) {
+				if name := fmt.Sprintf("site %q", site.Name); !slices.Contains(users[ref], name) {
 					users[ref] = append(users[ref], name)
 				}
 			}
@@ -478,8 +478,8 @@ func (s *Service) checkReferences(req ApplyRequest, changes []change) error {
 		}
 	}
 	addRoute := func(name string, r events.Route) {
-		users[Ref{KindServer, r.Server}] = append(users[Ref{KindServer, r.Server}], "route "+name)
-		users[Ref{KindBackend, r.Backend}] = append(users[Ref{KindBackend, r.Backend}], "route "+name)
+		users[Ref{KindServer, r.Server}] = append(users[Ref{KindServer, r.Server}], fmt.Sprintf("route %q", name))
+		users[Ref{KindBackend, r.Backend}] = append(users[Ref{KindBackend, r.Backend}], fmt.Sprintf("route %q", name))
 	}
 	for name, r := range s.state.routes {
 		if _, touched := pending[Ref{KindRoute, name}]; !touched {
@@ -497,7 +497,7 @@ func (s *Service) checkReferences(req ApplyRequest, changes []change) error {
 		}
 		if names := users[c.ref]; len(names) > 0 {
 			slices.Sort(names)
-			e := Errorf(ECONFLICT, "is still used by %s; delete or change them in the same apply", strings.Join(names, ", "))
+			e := Errorf(ECONFLICT, "is still used by %s; delete them in the same apply (or change the sites)", strings.Join(names, ", "))
 			return at(c.index, req.Single, c.ref, e)
 		}
 	}

@@ -1,6 +1,7 @@
 package services
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -441,4 +442,25 @@ func Instances(site events.Site, servers map[string]events.Server) []Instance {
 		return strings.Compare(a.Key(), b.Key())
 	})
 	return out
+}
+
+// Site returns the site called name, if there is one.
+func (s *Service) Site(name string) (events.Site, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	v, ok := s.state.sites[name]
+	return v.value, ok
+}
+
+// RecordAbandoned appends that a notification was given up on.
+func (s *Service) RecordAbandoned(ctx context.Context, ev events.NotificationAbandoned) error {
+	agg := events.Aggregate{Type: events.AggNotification, ID: ev.ID}
+	_, err := serialized(ctx, s, func() (struct{}, error) {
+		s.mu.RLock()
+		pos := s.state.position(agg)
+		s.mu.RUnlock()
+		_, _, err := s.commitOne(ctx, System, agg, pos, &ev)
+		return struct{}{}, err
+	})
+	return err
 }

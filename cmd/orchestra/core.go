@@ -19,6 +19,7 @@ import (
 	"github.com/orchestra-fleet/orchestra/gateway"
 	"github.com/orchestra-fleet/orchestra/infra/eventstore"
 	"github.com/orchestra-fleet/orchestra/infra/files"
+	"github.com/orchestra-fleet/orchestra/infra/notify"
 	"github.com/orchestra-fleet/orchestra/infra/planbus"
 	"github.com/orchestra-fleet/orchestra/infra/readmodel"
 	"github.com/orchestra-fleet/orchestra/infra/routeexpr"
@@ -51,6 +52,7 @@ type core struct {
 	fleet      *executor.Fleet
 	ssh        *executor.SSH
 	runner     *services.Runner
+	notifier   *notify.Notifier
 	js         jetstream.JetStream
 	nc         *nats.Conn
 	log        *slog.Logger
@@ -60,7 +62,7 @@ type core struct {
 // issues the first admin token when there is none, and puts the API in
 // place of the start-up handler.
 func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *sqlite.DB, sealer services.Sealer,
-	handler *atomic.Pointer[http.Handler], gw gateway.Config, ex execFlags, retention time.Duration, log *slog.Logger) (c *core, err error) {
+	handler *atomic.Pointer[http.Handler], gw gateway.Config, ex execFlags, nf notifyFlags, retention time.Duration, log *slog.Logger) (c *core, err error) {
 	reg, err := events.NewRegistry(events.Catalog()...)
 	if err != nil {
 		return nil, err
@@ -119,6 +121,16 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 		return nil, err
 	}
 	c.runner = services.NewRunner(svc, steps, log.With("component", "site runner"))
+	global, err := nf.targets()
+	if err != nil {
+		return nil, err
+	}
+	c.notifier, err = notify.New(notify.Config{JetStream: js, Registry: reg, Global: global, SMTP: nf.SMTP, From: nf.From,
+		Sites: siteTargets{svc, sealer}, Scripts: readmodel.ResultsView{Model: results, Bus: bus}, Record: svc.RecordAbandoned,
+		Log: log.With("component", "notify")})
+	if err != nil {
+		return nil, err
+	}
 	if c.executor, c.ssh, err = newExecutor(ctx, js, svc, ex, log); err != nil {
 		return nil, err
 	}
@@ -141,7 +153,7 @@ func (c *core) run(ctx context.Context) error {
 	defer c.ssh.Close()
 	execute := func(ctx context.Context) error { return c.executor.Run(ctx, c.fleet) }
 	syncs := func(ctx context.Context) error { return serveAgentSyncs(ctx, c.nc, c.svc, c.fleet, c.log) }
-	runs := []func(context.Context) error{c.model.Run, c.results.Run, c.prune, c.dispatcher.Run, execute, syncs, c.control}
+	runs := []func(context.Context) error{c.model.Run, c.results.Run, c.prune, c.dispatcher.Run, execute, syncs, c.control, c.notifier.Run}
 	errs := make(chan error, len(runs))
 	for _, run := range runs {
 		go func() {
@@ -190,6 +202,28 @@ func (c *core) control(ctx context.Context) error {
 		}
 	}
 	return <-done
+}
+
+// siteTargets are a site's notification targets, secrets opened.
+type siteTargets struct {
+	svc    *services.Service
+	sealer services.Sealer
+}
+
+func (s siteTargets) SiteTargets(name string) ([]notify.Target, error) {
+	site, ok := s.svc.Site(name)
+	if !ok {
+		return nil, nil // deleted since: only the global targets hear of it
+	}
+	out := make([]notify.Target, len(site.Notify))
+	for i, n := range site.Notify {
+		n, err := services.OpenNotify(s.sealer, name, n)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = notify.Target{Webhook: n.Webhook, Secret: n.Secret, Email: n.Email}
+	}
+	return out, nil
 }
 
 // poisonRunner is where the runner's handlers put a message they failed

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -23,11 +24,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
+	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/executor"
 	"github.com/orchestra-fleet/orchestra/gateway"
 	"github.com/orchestra-fleet/orchestra/infra/natsauth"
 	"github.com/orchestra-fleet/orchestra/infra/natsserver"
+	"github.com/orchestra-fleet/orchestra/infra/notify"
 	"github.com/orchestra-fleet/orchestra/infra/streams"
+	"github.com/orchestra-fleet/orchestra/services"
 )
 
 // upConfig holds the flags of `orchestra up`.
@@ -43,6 +47,37 @@ type upConfig struct {
 	LogFormat    string
 	ApplyWait    time.Duration
 	Exec         execFlags
+	Notify       notifyFlags
+}
+
+// notifyFlags configure the global notification targets of `orchestra up`.
+type notifyFlags struct {
+	Webhooks   []string
+	SecretFile string
+	Emails     []string
+	SMTP       string
+	From       string
+}
+
+// targets are the global targets the flags name, the webhooks signed with
+// the secret file's content.
+func (n notifyFlags) targets() ([]notify.Target, error) {
+	secret := ""
+	if n.SecretFile != "" {
+		b, err := os.ReadFile(n.SecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("--notify-webhook-secret-file: %w", err)
+		}
+		secret = strings.TrimSpace(string(b))
+	}
+	var out []notify.Target
+	for _, w := range n.Webhooks {
+		out = append(out, notify.Target{Webhook: w, Secret: secret})
+	}
+	for _, e := range n.Emails {
+		out = append(out, notify.Target{Email: e})
+	}
+	return out, nil
 }
 
 // execFlags configure the executor of `orchestra up`.
@@ -87,6 +122,19 @@ func (c upConfig) Validate() error {
 	if c.Exec.ConnectTimeout < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("--connect-timeout: %s, want at least 100ms", c.Exec.ConnectTimeout))
 	}
+	for _, w := range c.Notify.Webhooks {
+		if err := services.ValidateNotify("--notify-webhook", events.Notify{Webhook: w}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, e := range c.Notify.Emails {
+		if err := services.ValidateNotify("--notify-email", events.Notify{Email: e}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.Notify.SMTP); c.Notify.SMTP != "" && err != nil {
+		errs = append(errs, fmt.Errorf("--smtp: %v", err))
+	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("--log-format: %q, want text or json", c.LogFormat))
 	}
@@ -129,6 +177,11 @@ func newUpCommand(stderr io.Writer) *cobra.Command {
 	f.DurationVar(&c.Exec.AckWait, "ack-wait", executor.DefaultAckWait, "how long a plan stays with an executor that stopped answering before it runs again")
 	f.IntVar(&c.Exec.Parallel, "parallel", executor.DefaultParallel, "how many servers run a plan at once")
 	f.DurationVar(&c.ApplyWait, "apply-wait", gateway.DefaultApplyWait, "how long an apply waits for the scripts of its synchronous routes, unless the request says (?wait=); 0s answers at once")
+	f.StringArrayVar(&c.Notify.Webhooks, "notify-webhook", nil, "URL told of every run's end and every failed model script (repeatable)")
+	f.StringVar(&c.Notify.SecretFile, "notify-webhook-secret-file", "", "file holding the key the --notify-webhook posts are signed with (HMAC-SHA256)")
+	f.StringArrayVar(&c.Notify.Emails, "notify-email", nil, "address told of every run's end and every failed model script (repeatable; needs --smtp)")
+	f.StringVar(&c.Notify.SMTP, "smtp", "", "SMTP server (HOST:PORT) that sends notification email, without authentication")
+	f.StringVar(&c.Notify.From, "smtp-from", notify.DefaultFrom, "sender of notification email")
 	f.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&c.LogFormat, "log-format", "text", "text or json")
 	return cmd
@@ -247,7 +300,7 @@ func up(ctx context.Context, c upConfig, log *slog.Logger) error {
 			if err := provision(pctx, js, c, log); err != nil {
 				return nil // interrupted before NATS answered
 			}
-			core, err := startCore(pctx, js, dataDir, db, sealer, &handler, gw, c.Exec, c.LogRetention, log)
+			core, err := startCore(pctx, js, dataDir, db, sealer, &handler, gw, c.Exec, c.Notify, c.LogRetention, log)
 			if err != nil {
 				if pctx.Err() != nil {
 					return nil

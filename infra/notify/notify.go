@@ -408,16 +408,9 @@ func (n *Notifier) deliveries(prefix string, d Delivery, site string, siteTarget
 	return out, nil
 }
 
-// poisonSuffix is added to a delivery's message id when its handler
-// fails: the poison queue republishes the message under its id on the
-// NOTIFY stream, which would otherwise drop it as a duplicate of the
-// delivery itself.
-const poisonSuffix = "/poison"
-
 // deliver sends one delivery. Its error makes the router retry, then
 // give the delivery up.
 func (n *Notifier) deliver(msg *message.Message) error {
-	msg.UUID = strings.TrimSuffix(msg.UUID, poisonSuffix) + poisonSuffix
 	var d Delivery
 	if err := json.Unmarshal(msg.Payload, &d); err != nil {
 		return fmt.Errorf("notify: decode delivery %s: %w", msg.UUID, err)

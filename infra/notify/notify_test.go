@@ -23,6 +23,7 @@ import (
 	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/infra/natstest"
 	"github.com/orchestra-fleet/orchestra/infra/notify"
+	"github.com/orchestra-fleet/orchestra/infra/smtptest"
 	"github.com/orchestra-fleet/orchestra/projections"
 )
 
@@ -140,7 +141,7 @@ type rig struct {
 	env       *natstest.Env
 	reg       *events.Registry
 	hooks     *hookServer
-	mail      *smtpServer
+	mail      *smtptest.Server
 	scripts   *scripts
 	cfg       notify.Config
 	abandoned chan events.NotificationAbandoned
@@ -156,7 +157,7 @@ func newRig(t *testing.T, tweak func(*rig)) *rig {
 		t.Fatal(err)
 	}
 	r := &rig{
-		env: natstest.Start(t), reg: reg, hooks: startHooks(t), mail: startSMTP(t),
+		env: natstest.Start(t), reg: reg, hooks: startHooks(t), mail: smtptest.Start(t),
 		scripts: &scripts{logs: map[uuid.UUID]projections.ScriptLog{}}, abandoned: make(chan events.NotificationAbandoned, 16),
 	}
 	r.cfg = notify.Config{
@@ -301,9 +302,9 @@ func TestRunFinishedReachesSiteAndGlobalTargets(t *testing.T) {
 		}
 	}
 
-	var okMail, failedMail *parsedMail
+	var okMail, failedMail *smtptest.Mail
 	for _, msg := range r.mail.Messages() {
-		p := parseMail(t, msg)
+		p := smtptest.Parse(t, msg)
 		switch {
 		case msg.To[0] == "ops@example.com" && strings.Contains(p.Body, ok.Run.String()):
 			okMail = &p
@@ -367,7 +368,7 @@ func TestFailedScriptReachesGlobalTargets(t *testing.T) {
 		t.Errorf("body %s", reqs[0].Body)
 	}
 
-	m := mailTo(t, r.mail, "admin@example.com")
+	m := r.mail.MailTo(t, "admin@example.com")
 	if m.Subject != "[orchestra] nginx-vhost FAILURE on web1" {
 		t.Errorf("subject %q", m.Subject)
 	}
@@ -402,7 +403,7 @@ func TestScriptLogUnavailableStillSends(t *testing.T) {
 	r := newRig(t, nil)
 	r.publishScript(t, uuid.New(), "web1", "nginx-vhost", events.StateError) // no log in the read model
 	waitFor(t, "the email", func() bool { return len(r.mail.Messages()) >= 1 })
-	m := mailTo(t, r.mail, "admin@example.com")
+	m := r.mail.MailTo(t, "admin@example.com")
 	if m.Subject != "[orchestra] nginx-vhost ERROR on web1" || !strings.Contains(m.Body, "log is unavailable") ||
 		!strings.Contains(m.Body, projections.ErrNotFound.Error()) {
 		t.Errorf("email:\n%s", m)

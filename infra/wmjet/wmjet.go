@@ -175,6 +175,22 @@ func (p Publisher) Publish(topic string, msgs ...*message.Message) error {
 // Close implements message.Publisher; the connection stays open.
 func (Publisher) Close() error { return nil }
 
+// poisoned publishes the copies of messages the poison queue keeps under
+// ids of their own: under the original's id a stream whose subjects hold
+// both would drop the copy as a duplicate.
+type poisoned struct{ message.Publisher }
+
+func (p poisoned) Publish(topic string, msgs ...*message.Message) error {
+	out := make([]*message.Message, len(msgs))
+	for i, m := range msgs {
+		c := m.Copy()
+		c.UUID = m.UUID + "/poisoned"
+		c.SetContext(m.Context())
+		out[i] = c
+	}
+	return p.Publisher.Publish(topic, out...)
+}
+
 // RouterConfig sizes a router's retries: a handler's error is retried
 // MaxRetries times with backoff from InitialInterval, then the message
 // goes to the poison topic. The retries must end within the consumers'
@@ -196,7 +212,7 @@ func NewRouter(log *slog.Logger, pub message.Publisher, cfg RouterConfig) (*mess
 	if err != nil {
 		return nil, err
 	}
-	poison, err := middleware.PoisonQueue(pub, cfg.PoisonTopic)
+	poison, err := middleware.PoisonQueue(poisoned{pub}, cfg.PoisonTopic)
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,6 @@
-package notify_test
+// Package smtptest is an in-process mail server for tests: it speaks just
+// enough SMTP for net/smtp and keeps every message it accepts.
+package smtptest
 
 import (
 	"bufio"
@@ -15,31 +17,31 @@ import (
 	"time"
 )
 
-// smtpServer is an in-process mail server that speaks just enough SMTP
-// for net/smtp and keeps every message it accepts.
-type smtpServer struct {
+// Server is an in-process mail server on loopback.
+type Server struct {
 	ln net.Listener
 	wg sync.WaitGroup
 
 	mu   sync.Mutex
-	msgs []received
+	msgs []Message
 }
 
-// received is one accepted message: the envelope and the data, dot-
+// Message is one accepted message: the envelope and the data, dot-
 // stuffing undone, line endings as sent.
-type received struct {
+type Message struct {
 	From string
 	To   []string
 	Raw  []byte
 }
 
-func startSMTP(t *testing.T) *smtpServer {
+// Start serves on 127.0.0.1:0 until the test ends.
+func Start(t *testing.T) *Server {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("smtp listen: %v", err)
 	}
-	s := &smtpServer{ln: ln}
+	s := &Server{ln: ln}
 	s.wg.Add(1)
 	go s.serve()
 	t.Cleanup(func() {
@@ -49,15 +51,17 @@ func startSMTP(t *testing.T) *smtpServer {
 	return s
 }
 
-func (s *smtpServer) Addr() string { return s.ln.Addr().String() }
+// Addr is the server's host:port.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-func (s *smtpServer) Messages() []received {
+// Messages are the messages accepted so far.
+func (s *Server) Messages() []Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]received(nil), s.msgs...)
+	return append([]Message(nil), s.msgs...)
 }
 
-func (s *smtpServer) serve() {
+func (s *Server) serve() {
 	defer s.wg.Done()
 	for {
 		c, err := s.ln.Accept()
@@ -72,13 +76,13 @@ func (s *smtpServer) serve() {
 	}
 }
 
-func (s *smtpServer) session(c net.Conn) {
+func (s *Server) session(c net.Conn) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
 	r := bufio.NewReader(c)
 	reply := func(line string) { _, _ = io.WriteString(c, line+"\r\n") }
 	reply("220 test.local ESMTP")
-	var m received
+	var m Message
 	for {
 		line, err := r.ReadString('\n')
 		if err != nil {
@@ -93,7 +97,7 @@ func (s *smtpServer) session(c net.Conn) {
 		case "HELO", "RSET", "NOOP":
 			reply("250 OK")
 		case "MAIL":
-			m = received{From: angle(cmd)}
+			m = Message{From: angle(cmd)}
 			reply("250 OK")
 		case "RCPT":
 			m.To = append(m.To, angle(cmd))
@@ -132,14 +136,15 @@ func angle(cmd string) string {
 	return addr
 }
 
-// parsedMail is a received message decoded.
-type parsedMail struct {
+// Mail is a Message message decoded.
+type Mail struct {
 	Header  mail.Header
 	Subject string
 	Body    string
 }
 
-func parseMail(t *testing.T, m received) parsedMail {
+// Parse decodes m, failing the test on bare LF line endings.
+func Parse(t *testing.T, m Message) Mail {
 	t.Helper()
 	if bytes.Count(m.Raw, []byte("\n")) != bytes.Count(m.Raw, []byte("\r\n")) {
 		t.Errorf("message to %v has bare LF line endings:\n%q", m.To, m.Raw)
@@ -156,13 +161,13 @@ func parseMail(t *testing.T, m received) parsedMail {
 	if err != nil {
 		t.Fatalf("decode body: %v", err)
 	}
-	return parsedMail{Header: msg.Header, Subject: subject, Body: string(body)}
+	return Mail{Header: msg.Header, Subject: subject, Body: string(body)}
 }
 
-// mailTo is the one message received for addr.
-func mailTo(t *testing.T, s *smtpServer, addr string) parsedMail {
+// MailTo is the one message Message for addr.
+func (s *Server) MailTo(t *testing.T, addr string) Mail {
 	t.Helper()
-	var found []received
+	var found []Message
 	for _, m := range s.Messages() {
 		if len(m.To) == 1 && m.To[0] == addr {
 			found = append(found, m)
@@ -171,9 +176,9 @@ func mailTo(t *testing.T, s *smtpServer, addr string) parsedMail {
 	if len(found) != 1 {
 		t.Fatalf("%d messages to %s, want 1", len(found), addr)
 	}
-	return parseMail(t, found[0])
+	return Parse(t, found[0])
 }
 
-func (m parsedMail) String() string {
+func (m Mail) String() string {
 	return fmt.Sprintf("Subject: %s\n\n%s", m.Subject, m.Body)
 }
