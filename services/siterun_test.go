@@ -3,8 +3,8 @@ package services_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"fmt"
+	"log/slog"
 	"os/exec"
 	"strings"
 	"sync"
