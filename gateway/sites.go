@@ -55,6 +55,9 @@ func (a *api) cancelRun(w http.ResponseWriter, r *http.Request, p services.Princ
 	if err != nil {
 		return err
 	}
+	if err := optionalBody(r, &struct{}{}); err != nil {
+		return err
+	}
 	seq, err := a.svc.CancelRun(r.Context(), p, id)
 	if err != nil {
 		return err

@@ -172,7 +172,7 @@ func TestSiteWriteReadList(t *testing.T) {
 	}
 	plain["notify"].([]obj)[0]["secret"] = "hunter3"
 	changed := e.call(t, "PUT", "/v1/sites/shop", e.admin, plain, nil).want(t, http.StatusOK)
-	if changed["result"] != services.Configured || !slices.Contains(changed["changed"].([]any), any("notify")) {
+	if ch, _ := changed["changed"].([]any); changed["result"] != services.Configured || !slices.Contains(ch, any("notify")) {
 		t.Errorf("PUT with a new secret = %v, want configured with notify changed", changed)
 	}
 	if e.lastSeq(t) != before+1 {
@@ -222,7 +222,9 @@ func TestSiteWriteReadList(t *testing.T) {
 	res := e.call(t, "POST", "/v1/apply", e.admin, obj{"objects": []obj{
 		{"kind": "Site", "name": "applied", "services": []obj{{"name": "app", "servers": []string{"s1"}, "start": "echo start"}}},
 	}}, nil).want(t, http.StatusOK)
-	if objs := res["objects"].([]any); len(objs) != 1 || objs[0].(map[string]any)["kind"] != services.KindSite || objs[0].(map[string]any)["result"] != services.Created {
+	var applied []struct{ Kind, Name, Result string }
+	decodeInto(t, res["objects"], &applied)
+	if len(applied) != 1 || applied[0].Kind != services.KindSite || applied[0].Name != "applied" || applied[0].Result != services.Created {
 		t.Errorf("apply of a site = %v", res)
 	}
 	e.call(t, "GET", "/v1/sites/applied", e.viewer, nil, nil).want(t, http.StatusOK)
@@ -423,6 +425,27 @@ func TestSiteCommandDryRun(t *testing.T) {
 		}
 	})
 
+	// The OpenAPI RunRequest schema agrees, where it can tell.
+	for _, c := range []struct {
+		body obj
+		ok   bool
+	}{
+		{obj{"command": "start", "services": []string{"web"}, "keepgoing": true, "dry_run": true}, true},
+		{obj{"command": "run", "custom": "flush", "order": "desc"}, true},
+		{obj{"command": "bogus"}, false},
+		{obj{"dry_run": true}, false},
+		{obj{"command": "run"}, false},
+		{obj{"command": "start", "custom": "flush"}, false},
+		{obj{"command": "start", "order": "desc"}, false},
+		{obj{"command": "start", "force": true}, false},
+	} {
+		var v any
+		decodeInto(t, c.body, &v)
+		if errs := e.doc.validate(map[string]any{"$ref": "#/components/schemas/RunRequest"}, v, "body"); (len(errs) == 0) != c.ok {
+			t.Errorf("the RunRequest schema on %v: %v, want ok %v", c.body, errs, c.ok)
+		}
+	}
+
 	e.refuse(t, []refusal{
 		{name: "unknown service", path: path, body: obj{"command": "start", "services": []string{"mail"}, "dry_run": true},
 			status: 422, field: "services[0]", words: []string{`"mail"`}},
@@ -433,6 +456,9 @@ func TestSiteCommandDryRun(t *testing.T) {
 		{name: "bogus command", path: path, body: obj{"command": "bogus", "dry_run": true}, status: 422, field: "command", words: []string{`"bogus"`}},
 		{name: "no command", path: path, body: obj{"dry_run": true}, status: 422, field: "command"},
 		{name: "custom without run", path: path, body: obj{"command": "start", "custom": "flush"}, status: 422, field: "custom"},
+		{name: "run without custom", path: path, body: obj{"command": "run", "dry_run": true}, status: 422, field: "custom"},
+		{name: "custom no service defines", path: path, body: obj{"command": "run", "custom": "vacuum", "dry_run": true}, status: 422, field: "command",
+			words: []string{"vacuum"}},
 		{name: "unknown field", path: path, body: obj{"command": "start", "force": true}, status: 422, field: "force"},
 		{name: "no body", path: path, status: 422},
 		{name: "viewer", path: path, token: e.viewer, body: obj{"command": "start", "dry_run": true}, status: 403, words: []string{"operator"}},
@@ -598,8 +624,9 @@ func TestSiteRun(t *testing.T) {
 		}
 		var v runView
 		decodeInto(t, e.call(t, "GET", "/v1/runs/"+runStr, e.viewer, nil, nil).want(t, http.StatusOK), &v)
-		if !v.Cancelled {
-			t.Errorf("the run does not say it was cancelled: %+v", v)
+		// Without a runner to revoke its steps, it is still RUNNING.
+		if !v.Cancelled || v.State != events.RunRunning {
+			t.Errorf("run = %+v, want RUNNING and cancelled", v)
 		}
 		// Asked again: accepted, nothing more written.
 		e.call(t, "POST", cancelPath, e.operator, "{}", nil).want(t, http.StatusAccepted)

@@ -47,6 +47,8 @@ type env struct {
 	Svc    *services.Service
 	DB     *sqlite.DB
 	Runner *projections.Runner
+	// Store is the event store, for fixtures no API call can write.
+	Store *eventstore.Store
 	// Results are the results read models (their own file).
 	Results *readmodel.Model
 	// Dispatcher plans every unit onto the EXEC stream through Bus.
@@ -182,7 +184,7 @@ func newEnv(t testing.TB, opts ...envOption) *env {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 
-	e := &env{URL: srv.URL, NATS: nats.Server.ClientURL(), JS: nats.JS, Svc: svc, DB: db, Results: results, Runner: runner, Dispatcher: dispatcher, Bus: bus,
+	e := &env{URL: srv.URL, NATS: nats.Server.ClientURL(), JS: nats.JS, Svc: svc, Store: store, DB: db, Results: results, Runner: runner, Dispatcher: dispatcher, Bus: bus,
 		client: &http.Client{Timeout: time.Minute}}
 	boot, err := svc.Bootstrap(ctx, nil)
 	if err != nil || boot.Token == "" {
@@ -367,6 +369,12 @@ var fixtureObjects = []map[string]any{
 	{"kind": "Backend", "name": "spare", "type": "website", "actions": map[string]string{"save": "echo {{ .name }}"}},
 	{"kind": "Route", "backend": "vhost", "server": "web1"},
 	{"kind": "Resource", "type": "website", "name": "shop", "attrs": map[string]any{"domain": "shop.example.com"}},
+	{"kind": "Site", "name": "shop", "services": []map[string]any{
+		{"name": "db", "rank": 0, "servers": []string{"web1"}, "start": "echo start db", "stop": "echo stop db", "status": "echo db is up"},
+		{"name": "web", "rank": 1, "servers": []string{"web1"}, "scale": 2, "start": "echo start web", "stop": "echo stop web",
+			"commands": map[string]string{"flush": "echo flush"}},
+	}},
+	{"kind": "Site", "name": "spare", "services": []map[string]any{{"name": "app", "servers": []string{"web1"}, "start": "echo start app"}}},
 }
 
 // fixtureUnit and fixtureScript are the unit and the script the planner's
@@ -376,6 +384,9 @@ var fixtureObjects = []map[string]any{
 var (
 	fixtureUnit   = uuid.MustParse("0192f1e0-6b1a-7c3e-9d2f-5a4b3c2d1e0f")
 	fixtureScript = events.ScriptID(fixtureUnit, "web1", "vhost")
+	// fixtureRun is a start of site shop, requested and never started (the
+	// env has no site runner), for GET /v1/runs/{id} and its cancel.
+	fixtureRun = uuid.MustParse("0192f1e0-6b1a-7c3e-9d2f-5a4b3c2d1e20")
 )
 
 // spareToken is the fixture token, for the example of DELETE /v1/tokens/{name}.
@@ -392,7 +403,7 @@ func (e *env) resetFixtures(t testing.TB) {
 		keep[objectName(f)] = true
 	}
 	objects := slices.Clone(fixtureObjects)
-	for _, kind := range []string{"servers", "backends", "routes", "resources"} {
+	for _, kind := range []string{"servers", "backends", "routes", "resources", "sites"} {
 		for _, doc := range e.listAll(t, "/v1/"+kind, e.admin) {
 			if keep[objectName(doc)] {
 				continue
@@ -410,6 +421,32 @@ func (e *env) resetFixtures(t testing.TB) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// The fixture run: appended once; nothing ends it, a cancel included.
+	switch run, ok := e.Svc.ActiveRun("shop"); {
+	case !ok:
+		label := events.StepLabel("shop", "db", 0, events.CommandStart)
+		req := &events.RunRequested{Run: fixtureRun, Site: "shop", Command: events.CommandStart, MaxFailures: -1,
+			Phases: []events.RunPhase{{Rank: 0, Command: events.CommandStart, Steps: []events.RunStep{{
+				Script: events.ScriptID(fixtureRun, "web1", label), Label: label, Service: "db", Server: "web1",
+				Command: events.CommandStart, Text: "echo start db\n"}}}}}
+		u, err := services.NewUnit(events.Meta{Actor: services.RoleOperator}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		agg := events.Aggregate{Type: events.AggSiteRun, ID: "shop"}
+		u.Expect(agg, 0)
+		if err := u.Add(agg, req); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.Store.Append(ctx, u); err != nil {
+			t.Fatalf("append the fixture run: %v", err)
+		}
+		if err := e.Svc.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	case run != fixtureRun:
+		t.Fatalf("site shop is running %s, not the fixture run", run)
+	}
 	rec := &events.ScriptPlanned{ID: fixtureScript, Unit: fixtureUnit, Sequence: 1, Server: "web1", Backend: "vhost", State: events.StateReceived,
 		Operations: []events.OperationRef{{Backend: "vhost", Action: "save", Type: "website", Name: "shop"}}}
 	unit := &events.UnitPlanned{Unit: fixtureUnit, Sequence: 1, Operations: 1,

@@ -164,9 +164,10 @@ func planRun(site events.Site, servers map[string]versioned[events.Server], req 
 		}
 	}
 	for _, svc := range site.Services {
-		if len(req.Services) == 0 || slices.Contains(req.Services, svc.Name) {
-			chosen = append(chosen, svc)
+		if len(req.Services) > 0 && !slices.Contains(req.Services, svc.Name) {
+			continue
 		}
+		chosen = append(chosen, svc)
 		for _, srv := range ServiceServers(svc, byName) {
 			if s, ok := byName[srv]; !ok || !s.Active {
 				return nil, Errorf(ECONFLICT, "service %s of site %s runs on server %s, which is inactive; activate it or take it out of the site", svc.Name, site.Name, srv)
