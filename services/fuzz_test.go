@@ -22,6 +22,10 @@ var decodeSeeds = []string{
 	`{"kind":"Route","backend":"web","server":"web1","delete":true}`,
 	`{"kind":"Server","name":5}`, `{"kind":"Host"}`, `{}`, `[]`, `null`, `{"kind":"Server","name":"a"} x`,
 	`{"kind":"Resource","type":"t","name":"n","attrs":[1]}`, `{"kind":"Backend","name":"b","related":[{"type":1}]}`,
+	threeTiers,
+	`{"kind":"Site","name":"s","notify":[{"webhook":"https://h/x","secret":"k"},{"email":"a@b.c"}],"services":[{"name":"a","servers":["web1"],"scale":2,"env":{"K":"v"},"start":"x","timeout":"1s","commands":{"m":"y"}}]}`,
+	`{"kind":"Site","name":"s","services":[{"name":"a","selector":{"role":"x"},"run":"./a"}],"update":{"strategy":"rolling","batch":3}}`,
+	`{"kind":"Site","name":"s","services":[{"name":"a","rank":-1,"scale":-2}]}`, `{"kind":"Site","name":"s","delete":true}`,
 }
 
 // checkCode fails unless err is an application error a user can act on.
@@ -83,7 +87,7 @@ func checkObject(t *testing.T, o services.Object) {
 	t.Helper()
 	specs := map[string]bool{
 		services.KindServer: o.Server != nil, services.KindBackend: o.Backend != nil,
-		services.KindRoute: o.Route != nil, services.KindResource: o.Resource != nil,
+		services.KindRoute: o.Route != nil, services.KindResource: o.Resource != nil, services.KindSite: o.Site != nil,
 	}
 	n := 0
 	for _, set := range specs {
@@ -110,7 +114,7 @@ func FuzzDecodeObject(f *testing.F) {
 		} else {
 			checkObject(t, o)
 		}
-		for _, kind := range []string{services.KindServer, services.KindBackend, services.KindRoute, services.KindResource} {
+		for _, kind := range []string{services.KindServer, services.KindBackend, services.KindRoute, services.KindResource, services.KindSite} {
 			o, err := services.DecodeSpec(kind, data)
 			if err != nil {
 				checkCode(t, err, services.EINVALID)
@@ -263,4 +267,46 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 		return 0, errors.New("output limit")
 	}
 	return b.Buffer.Write(p)
+}
+
+// FuzzRunRequest: whatever a site command's body holds, it is worked out
+// as a dry run or refused with an error a user can act on; every step's
+// script sets its instance's variables, quoted, before the command.
+func FuzzRunRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"command":"start"}`, `{"command":"stop","services":["web"],"keepgoing":true}`, `{"command":"update"}`,
+		`{"command":"run","custom":"migrate","order":"desc"}`, `{"command":"restart","services":["db","app"]}`,
+		`{"command":"status","services":["nope"]}`, `{"command":"run"}`, `{"command":5}`, `{}`, `[]`, `{"command":"start","bogus":1}`,
+	} {
+		f.Add([]byte(s))
+	}
+	h := newHarness(f)
+	h.apply(f, `{"kind":"Server","name":"s1","method":"local","labels":{"role":"app"}}`, threeTiers)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var req services.RunRequest
+		if err := services.DecodeJSON(data, &req); err != nil {
+			checkCode(t, err, services.EINVALID)
+			return
+		}
+		req.Site, req.DryRun = "shop", true
+		before := h.svc.Seq()
+		res, err := h.svc.RequestRun(context.Background(), operator, req)
+		if h.svc.Seq() != before {
+			t.Fatal("a dry run wrote to the log")
+		}
+		if err != nil {
+			checkCode(t, err, services.EINVALID, services.ECONFLICT)
+			return
+		}
+		if len(res.Phases) == 0 {
+			t.Fatal("a run with no phase")
+		}
+		for _, ph := range res.Phases {
+			for _, st := range ph.Steps {
+				if !strings.HasPrefix(st.Text, "# site shop, service "+st.Service) || !strings.Contains(st.Text, "ORCHESTRA_SERVER='"+st.Server+"'") {
+					t.Fatalf("step script:\n%s", st.Text)
+				}
+			}
+		}
+	})
 }

@@ -404,3 +404,76 @@ services:
 		}
 	}
 }
+
+// TestRunCancelRevokesQueuedSteps: `orchestra run cancel` while the first
+// of three instances on one server runs: that one finishes, the two
+// queued behind it never start (REVOKED), the next rank never runs, and
+// the run ends REVOKED.
+func TestRunCancelRevokesQueuedSteps(t *testing.T) {
+	dir := t.TempDir()
+	marks := filepath.Join(dir, "marks")
+	if err := os.Mkdir(marks, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, ".orchestra")
+	p := startUp(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	p.waitReady(t)
+	p.token = adminToken(t, data)
+	doc := siteServers(1) + fmt.Sprintf(`kind: Site
+name: slow
+services:
+  - {name: slow, rank: 1, servers: [site-s1], scale: 3, start: %s}
+  - {name: after, rank: 2, servers: [site-s1], start: %s}
+`, stamp(marks, 1), stamp(marks, 0))
+	if out, errOut, code := p.applyDoc(t, dir, doc); code != 0 {
+		t.Fatalf("apply exited %d: %s%s", code, out, errOut)
+	}
+	done := make(chan int, 1)
+	go func() {
+		_, _, c := p.cli(t, dir, "site", "start", "slow")
+		done <- c
+	}()
+	var id string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		_, body := p.get(t, "/v1/runs?site=slow")
+		var page struct{ Items []projections.RunSummary }
+		if json.Unmarshal([]byte(body), &page) != nil || len(page.Items) != 1 {
+			continue
+		}
+		id = page.Items[0].Run.String()
+		var v projections.RunView
+		if _, body := p.get(t, "/v1/runs/"+id); json.Unmarshal([]byte(body), &v) == nil && len(v.Phases) > 0 && v.Phases[0].Steps[0].State == events.StateStarted {
+			break
+		}
+	}
+	if out, errOut, code := p.cli(t, dir, "run", "cancel", id); code != 0 {
+		t.Fatalf("run cancel exited %d: %s%s", code, out, errOut)
+	}
+	if code := <-done; code != 1 {
+		t.Errorf("site start of a cancelled run exited %d, want 1", code)
+	}
+	var v projections.RunView
+	if _, body := p.get(t, "/v1/runs/"+id); json.Unmarshal([]byte(body), &v) != nil || v.State != events.RunRevoked {
+		t.Fatalf("the run is %s, want REVOKED: %s", v.State, body)
+	}
+	states := []string{}
+	for _, st := range v.Phases[0].Steps {
+		states = append(states, st.State)
+	}
+	if want := []string{events.StateSuccess, events.StateRevoked, events.StateRevoked}; !slices.Equal(states, want) {
+		t.Errorf("rank 1 steps: %v, want %v", states, want)
+	}
+	if v.Phases[1].State != events.StateRevoked || v.Succeeded != 1 || v.Revoked != 3 {
+		t.Errorf("rank 2 %s; %d succeeded, %d not run; want REVOKED, 1, 3", v.Phases[1].State, v.Succeeded, v.Revoked)
+	}
+	time.Sleep(1500 * time.Millisecond) // long enough for a revoked step that ran anyway to write
+	if got := stamps(t, marks, "start"); len(got["slow"]) != 1 || len(got["after"]) != 0 {
+		t.Errorf("after the cancel slow ran %d times and after %d; want 1 and 0", len(got["slow"]), len(got["after"]))
+	}
+	// The revoked scripts are in the logs as REVOKED.
+	out, _, _ := p.cli(t, dir, "scripts", "--state", "REVOKED", "-o", "json")
+	var revoked []json.RawMessage
+	if err := json.Unmarshal([]byte(out), &revoked); err != nil || len(revoked) != 2 {
+		t.Errorf("scripts --state REVOKED: %v, %d scripts, want 2: %s", err, len(revoked), out)
+	}
+}
