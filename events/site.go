@@ -187,6 +187,7 @@ type RunFinished struct {
 	Revoked   int       `json:"revoked"`
 	Reason    string    `json:"reason,omitempty"`
 	Started   time.Time `json:"started"`
+	Actor     string    `json:"actor,omitempty"` // who asked for the run
 	// Failures are the steps that failed, at most MaxRunFailures.
 	Failures []StepFailure `json:"failures,omitempty"`
 }

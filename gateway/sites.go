@@ -217,12 +217,21 @@ func (a *api) state(ctx context.Context, name string) (SiteState, error) {
 	}); err != nil {
 		return SiteState{}, err
 	}
+	var deleted uint64 // rows of a former site of the name are older
+	if row, err := a.rows.Get(ctx, projections.TableSiteDeletions, name); err == nil {
+		deleted = row.Version
+	} else if !errors.Is(err, projections.ErrNotFound) {
+		return SiteState{}, err
+	}
 	known := map[string]projections.InstanceState{}
 	last := map[string]projections.InstanceState{}
 	for table, into := range map[string]map[string]projections.InstanceState{
 		projections.TableInstanceState: known, projections.TableInstanceLast: last,
 	} {
 		if err := a.eachRow(ctx, table, name, func(row projections.Row) error {
+			if row.Version <= deleted {
+				return nil
+			}
 			var is projections.InstanceState
 			if err := json.Unmarshal(row.Doc, &is); err != nil {
 				return fmt.Errorf("instance %s: %w", row.Key, err)

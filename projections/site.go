@@ -25,6 +25,9 @@ const (
 	// are grouped by site and keyed <site>/<service>/<server>/<index>.
 	TableInstanceState = "instance_state"
 	TableInstanceLast  = "instance_last"
+	// TableSiteDeletions holds, per site name, the sequence it was last
+	// deleted at: instance rows at or below it are a former site's.
+	TableSiteDeletions = "site_deletions"
 )
 
 // SiteView is a site as the API shows it: webhook secrets masked.
@@ -86,6 +89,14 @@ func applySite(e events.Envelope, p events.Payload) ([]Row, bool, error) {
 		rows, err = put(TableSites, p.Site.Name, "", v, SiteView{services.KindSite, services.ViewSite(p.Site), v})
 	case *events.SiteDeleted:
 		rows = del(TableSites, p.Name)
+		// The instances' rows stay, keyed by name: a site made again under
+		// the name ignores those older than its deletion.
+		var r []Row
+		if r, err = put(TableSiteDeletions, p.Name, "", v, struct {
+			Deleted uint64 `json:"deleted"`
+		}{v}); err == nil {
+			rows = append(rows, r...)
+		}
 	case *events.RunRequested:
 		rows, err = put(TableRuns, p.Run.String(), p.Site, v, RunSummary{Run: p.Run, Site: p.Site, Command: p.Command,
 			State: events.RunRunning, Requested: e.Time, Actor: e.Actor})
@@ -121,7 +132,7 @@ func applySite(e events.Envelope, p events.Payload) ([]Row, bool, error) {
 	case *events.RunFinished:
 		done := e.Time
 		rows, err = put(TableRuns, p.Run.String(), p.Site, v, RunSummary{Run: p.Run, Site: p.Site, Command: p.Command, State: p.State,
-			Requested: p.Started, Finished: &done, Succeeded: p.Succeeded, Failed: p.Failed, Revoked: p.Revoked})
+			Requested: p.Started, Finished: &done, Succeeded: p.Succeeded, Failed: p.Failed, Revoked: p.Revoked, Actor: p.Actor})
 		if err == nil {
 			rows, err = runEvent(rows, e, p.Run, p)
 		}
@@ -230,6 +241,7 @@ func RunViewOf(evs []RunEvent) (RunView, error) {
 		case *events.RunPhaseFinished:
 			if ph := v.phase(p.Phase); ph != nil {
 				ph.Finished, ph.State = &at, events.StateSuccess
+				revoked := 0
 				for i, o := range p.Outcomes {
 					if i >= len(ph.Steps) {
 						break
@@ -238,9 +250,16 @@ func RunViewOf(evs []RunEvent) (RunView, error) {
 					code := o.ExitCode
 					st.State, st.ExitCode, st.Instance = o.State, &code, o.Instance
 					st.Started, st.Ended = timePtr(o.Started), timePtr(o.Ended)
-					if st.State != events.StateSuccess && st.State != events.StateNothing && st.State != events.StateRevoked {
+					switch st.State {
+					case events.StateSuccess, events.StateNothing:
+					case events.StateRevoked:
+						revoked++
+					default:
 						ph.State = events.StateFailure
 					}
+				}
+				if revoked == len(ph.Steps) {
+					ph.State = events.StateRevoked
 				}
 			}
 		case *events.RunCancelRequested:

@@ -114,34 +114,54 @@ func (r *Runner) Advance(ctx context.Context, id uuid.UUID) error {
 			r.forget(id)
 			return nil
 		}
-		var ev events.Payload
 		switch {
 		case p.Phase >= 0 && !p.phaseDone(p.Phase):
 			out, err := r.outcomes(ctx, p)
 			if err != nil || out == nil {
 				return err // nil: steps still running
 			}
-			ev = &events.RunPhaseFinished{Run: id, Site: p.Req.Site, Phase: p.Phase, Outcomes: out}
+			if ok, err := r.append(ctx, p, &events.RunPhaseFinished{Run: id, Site: p.Req.Site, Phase: p.Phase, Outcomes: out}); !ok {
+				if err != nil {
+					return err
+				}
+				continue // cancelled or moved on meanwhile: look again
+			}
+			for _, o := range out {
+				delete(r.results, o.Script)
+			}
 		case p.Phase+1 < len(p.Req.Phases) && !p.Cancelled && !p.failedOut():
 			next := p.Phase + 1
 			steps := p.eligible(next)
-			if err := r.append(ctx, p, &events.RunPhaseStarted{Run: id, Phase: next, Steps: steps}); err != nil {
-				return err
+			if ok, err := r.append(ctx, p, &events.RunPhaseStarted{Run: id, Phase: next, Steps: steps}); !ok {
+				if err != nil {
+					return err
+				}
+				continue // cancelled or moved on meanwhile: look again
 			}
 			if len(steps) > 0 {
 				if err := r.bus.Send(ctx, &p.Req, next, pick(p.Req.Phases[next].Steps, steps)); err != nil {
+					delete(r.sent, id) // the next look sends what is missing
 					return err
 				}
 			}
 			r.sent[id] = next
-			continue
 		default:
-			ev = p.finish()
-		}
-		if err := r.append(ctx, p, ev); err != nil {
-			return err
+			if ok, err := r.append(ctx, p, p.finish()); !ok && err != nil {
+				return err
+			}
 		}
 	}
+}
+
+// Sweep looks at every run not over as after a start: it reads again
+// which steps ended and sends again those that did not. orchestra up
+// sweeps now and then, so a run whose trigger was lost (a result taken by
+// another process, a message given up on) still goes on.
+func (r *Runner) Sweep(ctx context.Context) error {
+	r.mu.Lock()
+	clear(r.sent)
+	r.mu.Unlock()
+	return r.Resume(ctx)
 }
 
 // outcomes are the outcomes of the phase running, nil while a step has
@@ -198,9 +218,6 @@ func (r *Runner) outcomes(ctx context.Context, p *RunProgress) ([]events.StepOut
 		}
 		out[i].Script, out[i].Service, out[i].Server, out[i].Index, out[i].Command = st.Script, st.Service, st.Server, st.Index, st.Command
 	}
-	for _, st := range sent {
-		delete(r.results, st.Script)
-	}
 	return out, nil
 }
 
@@ -217,6 +234,9 @@ func (r *Runner) sentKnown(id uuid.UUID) bool {
 func outcome(command string, rolling bool, fin events.ScriptFinished) events.StepOutcome {
 	o := events.StepOutcome{State: fin.State, ExitCode: fin.ExitCode, Started: fin.Started, Ended: fin.Time}
 	ok := fin.State == events.StateSuccess || fin.State == events.StateNothing
+	if fin.State == events.StateRevoked {
+		return o // it never ran: it says nothing of its instance
+	}
 	switch command {
 	case "start":
 		o.Instance = instanceState(ok, events.InstanceRunning)
@@ -318,7 +338,7 @@ func (p *RunProgress) failedOut() bool {
 
 // finish is the run's end once no phase is left to start.
 func (p *RunProgress) finish() *events.RunFinished {
-	f := &events.RunFinished{Run: p.Req.Run, Site: p.Req.Site, Command: p.Req.Command, State: events.RunSuccess, Started: p.Started}
+	f := &events.RunFinished{Run: p.Req.Run, Site: p.Req.Site, Command: p.Req.Command, State: events.RunSuccess, Started: p.Started, Actor: p.Actor}
 	for i, ph := range p.Req.Phases {
 		for k := range ph.Steps {
 			switch {
@@ -351,29 +371,36 @@ func (p *RunProgress) finish() *events.RunFinished {
 }
 
 // append commits ev to the run's site, guarded by the version the runner
-// read: a runner elsewhere that moved it first makes this a conflict.
-func (r *Runner) append(ctx context.Context, p *RunProgress, ev events.Payload) error {
+// read: a runner elsewhere that moved it first makes this a conflict. It
+// reports whether ev was committed; when it was not, the run moved on
+// meanwhile (a cancel, another runner), or err says why, and the next look
+// at the run reads its steps' results again.
+func (r *Runner) append(ctx context.Context, p *RunProgress, ev events.Payload) (bool, error) {
 	agg := events.Aggregate{Type: events.AggSiteRun, ID: p.Req.Site}
-	_, err := serialized(ctx, r.svc, func() (struct{}, error) {
+	committed, err := serialized(ctx, r.svc, func() (bool, error) {
 		r.svc.mu.RLock()
 		pos := r.svc.state.position(agg)
 		cur, ok := r.svc.state.runs[p.Req.Run]
 		same := ok && cur.Phase == p.Phase && len(cur.Outcomes) == len(p.Outcomes) && cur.Cancelled == p.Cancelled
 		r.svc.mu.RUnlock()
 		if !same {
-			return struct{}{}, nil // moved on meanwhile: the caller looks again
+			return false, nil
 		}
 		_, _, err := r.svc.commitOne(ctx, System, agg, pos, ev)
-		return struct{}{}, err
+		return err == nil, err
 	})
-	if err != nil {
-		return fmt.Errorf("run %s: %w", p.Req.Run, err)
+	if !committed {
+		delete(r.sent, p.Req.Run)
+		if err != nil {
+			return false, fmt.Errorf("run %s: %w", p.Req.Run, err)
+		}
+		return false, nil
 	}
 	if f, ok := ev.(*events.RunFinished); ok {
 		r.log.Info("run ended", "run", f.Run, "site", f.Site, "command", f.Command, "state", f.State,
 			"succeeded", f.Succeeded, "failed", f.Failed, "revoked", f.Revoked)
 	}
-	return nil
+	return true, nil
 }
 
 // forget drops what the runner keeps of a run that is over.

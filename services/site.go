@@ -70,8 +70,12 @@ func (s *SiteSpec) normalize() (events.Site, error) {
 		return events.Site{}, FieldErrorf(EINVALID, "notify", "has %d targets; the limit is %d", len(s.Notify), maxNotify)
 	}
 	for i, n := range s.Notify {
-		if err := ValidateNotify(fmt.Sprintf("notify[%d]", i), n); err != nil {
+		prefix := fmt.Sprintf("notify[%d]", i)
+		if err := ValidateNotify(prefix, n); err != nil {
 			return events.Site{}, err
+		}
+		if j := slices.IndexFunc(s.Notify[:i], func(m events.Notify) bool { return m.Webhook == n.Webhook && m.Email == n.Email }); j >= 0 {
+			return events.Site{}, FieldErrorf(EINVALID, prefix, "is the same target as notify[%d]", j)
 		}
 	}
 	out.Notify = slices.Clone(s.Notify)

@@ -357,6 +357,7 @@ func (s *Service) CancelRun(ctx context.Context, p Principal, id uuid.UUID) (uin
 type RunProgress struct {
 	Req     events.RunRequested
 	Started time.Time
+	Actor   string
 	// Phase is the phase started last, -1 before the first; Sent the
 	// indexes of its steps that were sent.
 	Phase     int

@@ -256,6 +256,8 @@ type stepBus struct {
 	sent    [][]events.RunStep
 	revoked []events.RunStep
 	ended   map[uuid.UUID]events.ScriptFinished
+	// onFinished, when set, runs at each look-up of a step's end.
+	onFinished func()
 }
 
 func (b *stepBus) Send(_ context.Context, _ *events.RunRequested, _ int, steps []events.RunStep) error {
@@ -266,6 +268,9 @@ func (b *stepBus) Send(_ context.Context, _ *events.RunRequested, _ int, steps [
 }
 
 func (b *stepBus) Finished(_ context.Context, st events.RunStep) (events.ScriptFinished, bool, error) {
+	if b.onFinished != nil {
+		b.onFinished()
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	f, ok := b.ended[st.Script]
@@ -385,5 +390,46 @@ func TestCancelRevokesQueuedSteps(t *testing.T) {
 	fin := lastPayload[*events.RunFinished](t, h)
 	if fin.State != events.RunRevoked || fin.Succeeded != 1 || fin.Revoked != 5 || len(bus.sent) != 2 {
 		t.Fatalf("the run ended %+v after %d phases sent", fin, len(bus.sent))
+	}
+}
+
+// TestCancelWhileAPhaseEnds: a cancel that lands while a runner (here one
+// that just started) is ending a phase whose steps all ended: the phase's
+// end is not lost with it, and the run ends REVOKED instead of waiting
+// for results that already came.
+func TestCancelWhileAPhaseEnds(t *testing.T) {
+	h := newHarness(t)
+	siteFleet(t, h, 1, threeTiers)
+	ctx := context.Background()
+	res, err := h.svc.RequestRun(ctx, operator, services.RunRequest{Site: "shop", Command: "start"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := uuid.MustParse(res.Run)
+	bus := &stepBus{ended: map[uuid.UUID]events.ScriptFinished{}}
+	r := services.NewRunner(h.svc, bus, discard)
+	if err := r.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Rank 1 ran and ended, but this runner never heard: it stops.
+	for _, st := range bus.sent[0] {
+		bus.ended[st.Script] = events.ScriptFinished{ID: st.Script, Unit: run, Server: st.Server, Attempt: 1, State: events.StateSuccess}
+	}
+	// Another runner takes over and, while it reads the results, the
+	// operator cancels.
+	var once sync.Once
+	bus.onFinished = func() {
+		once.Do(func() {
+			if _, err := h.svc.CancelRun(ctx, operator, run); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	if err := services.NewRunner(h.svc, bus, discard).Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fin := lastPayload[*events.RunFinished](t, h)
+	if fin.State != events.RunRevoked || fin.Succeeded != 1 || len(bus.sent) != 1 || len(bus.revoked) != 0 {
+		t.Fatalf("the run ended %+v, %d phases sent, %d steps revoked; want REVOKED after rank 1, nothing more sent or revoked", fin, len(bus.sent), len(bus.revoked))
 	}
 }

@@ -127,7 +127,7 @@ func (s *State) Evolve(e events.Envelope, p events.Payload) {
 	case *events.SiteDeleted:
 		delete(s.sites, p.Name)
 	case *events.RunRequested:
-		s.runs[p.Run] = &RunProgress{Req: *p, Started: e.Time, Phase: -1}
+		s.runs[p.Run] = &RunProgress{Req: *p, Started: e.Time, Actor: e.Actor, Phase: -1}
 		s.active[p.Site] = p.Run
 	case *events.RunPhaseStarted, *events.RunPhaseFinished, *events.RunCancelRequested:
 		if r := s.runs[runOf(p)]; r != nil {

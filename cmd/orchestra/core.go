@@ -170,11 +170,17 @@ func (c *core) run(ctx context.Context) error {
 	return first
 }
 
+// sweepEvery is how often the site runner looks at every run not over
+// even without a trigger (services.Runner.Sweep).
+const sweepEvery = 30 * time.Second
+
 // control runs the Watermill router of the control plane: the site
 // runner's handlers. Once they read their consumers, the runs a runner
-// stopped in the middle of resume.
+// stopped in the middle of resume; then every sweepEvery the runner
+// sweeps.
 func (c *core) control(ctx context.Context) error {
 	sub := wmjet.NewSubscriber(c.js, siterunner.Topics(time.Minute))
+	sub.Log = c.log.With("component", "control")
 	defer sub.Close()
 	router, err := wmjet.NewRouter(c.log.With("component", "control"), wmjet.NewPublisher(c.js), wmjet.RouterConfig{
 		MaxRetries: 5, InitialInterval: 200 * time.Millisecond, MaxInterval: 5 * time.Second, PoisonTopic: poisonRunner,
@@ -201,7 +207,18 @@ func (c *core) control(ctx context.Context) error {
 		case <-time.After(wait):
 		}
 	}
-	return <-done
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-t.C:
+			if err := c.runner.Sweep(ctx); err != nil && ctx.Err() == nil {
+				c.log.Warn("sweeping site runs failed; trying again later", "err", err)
+			}
+		}
+	}
 }
 
 // siteTargets are a site's notification targets, secrets opened.

@@ -156,7 +156,7 @@ func (p *progressView) show(v projections.RunView) {
 		var b strings.Builder
 		fmt.Fprintf(&b, "%s %s  run %s  %s\n", v.Site, commandName(v), v.Run, v.State)
 		for _, ph := range v.Phases {
-			fmt.Fprintf(&b, "  rank %d %-10s %-9s%s\n", ph.Rank, ph.Command, ph.State, batchNote(ph.Group))
+			fmt.Fprintf(&b, "  %s %-10s %-9s%s\n", rankLabel(v, ph), ph.Command, ph.State, batchNote(ph.Group))
 			for _, st := range ph.Steps {
 				fmt.Fprintf(&b, "    %-24s %-16s %-9s %s\n", fmt.Sprintf("%s#%d", st.Service, st.Index), st.Server, st.State, stepTime(st))
 			}
@@ -178,7 +178,7 @@ func (p *progressView) show(v projections.RunView) {
 					continue
 				}
 				p.seen[key] = st.State
-				fmt.Fprintf(p.w, "rank %d %-10s %s#%d on %s: %s %s\n", ph.Rank, ph.Command, st.Service, st.Index, st.Server, st.State, stepTime(st))
+				fmt.Fprintf(p.w, "%s %-10s %s#%d on %s: %s %s\n", rankLabel(v, ph), ph.Command, st.Service, st.Index, st.Server, st.State, stepTime(st))
 			}
 		}
 	}
@@ -193,6 +193,14 @@ func (p *progressView) summary(v projections.RunView) {
 	if v.Reason != "" && v.State != events.RunSuccess {
 		fmt.Fprintf(p.w, "  %s\n", v.Reason)
 	}
+}
+
+// rankLabel names a phase's rank; a status run asks every rank at once.
+func rankLabel(v projections.RunView, ph projections.PhaseView) string {
+	if v.Command == events.CommandStatus {
+		return "all ranks"
+	}
+	return fmt.Sprintf("rank %d", ph.Rank)
 }
 
 func commandName(v projections.RunView) string {

@@ -234,6 +234,23 @@ services:
 	if i < 0 || st.Instances[i].State != events.InstanceFailed || !strings.Contains(st.Instances[i].Stderr, "b cannot start here") {
 		t.Errorf("ps shows b on site-s2 as %+v, want failed with its stderr", st.Instances)
 	}
+
+	// A site deleted and made again under its name starts unknown.
+	if out, errOut, code := p.cli(t, dir, "delete", "site", "shaky"); code != 0 {
+		t.Fatalf("delete exited %d: %s%s", code, out, errOut)
+	}
+	if out, errOut, code := p.applyDoc(t, dir, doc); code != 0 {
+		t.Fatalf("apply exited %d: %s%s", code, out, errOut)
+	}
+	out, _, _ = p.cli(t, dir, "ps", "shaky", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &all); err != nil || len(all) != 1 || json.Unmarshal(all[0], &st) != nil {
+		t.Fatalf("ps: %v: %s", err, out)
+	}
+	for _, in := range st.Instances {
+		if in.State != events.InstanceUnknown {
+			t.Errorf("after the site was made again, %s on %s is %s, want unknown", in.Service, in.Server, in.State)
+		}
+	}
 }
 
 // TestRollingUpdateKeepsBatch: a rolling update of a service on four

@@ -244,6 +244,7 @@ func (n *Notifier) AddHandlers(r *message.Router, sub message.Subscriber, pub me
 func (n *Notifier) Run(ctx context.Context) error {
 	pub := wmjet.NewPublisher(n.cfg.JetStream)
 	sub := wmjet.NewSubscriber(n.cfg.JetStream, n.Topics())
+	sub.Log = n.cfg.Log
 	defer sub.Close()
 	r, err := wmjet.NewRouter(n.cfg.Log, pub, n.RouterConfig())
 	if err != nil {

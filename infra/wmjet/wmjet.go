@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,6 +43,8 @@ type Subscriber struct {
 	// Redelivery is how long a message a handler nacked waits before it
 	// comes back.
 	Redelivery time.Duration
+	// Log reports consumers that stop delivering.
+	Log *slog.Logger
 
 	mu     sync.Mutex
 	closed bool
@@ -53,7 +56,7 @@ var _ message.Subscriber = (*Subscriber)(nil)
 
 // NewSubscriber returns a subscriber of topics.
 func NewSubscriber(js jetstream.JetStream, topics map[string]Topic) *Subscriber {
-	return &Subscriber{js: js, topics: topics, Redelivery: time.Second}
+	return &Subscriber{js: js, topics: topics, Redelivery: time.Second, Log: slog.New(slog.DiscardHandler)}
 }
 
 // Subscribe creates or updates topic's consumer and delivers its messages
@@ -76,8 +79,14 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	out := make(chan *message.Message)
-	cc, err := cons.Consume(func(m jetstream.Msg) { s.deliver(ctx, m, out) },
-		jetstream.PullMaxMessages(16), jetstream.ConsumeErrHandler(func(jetstream.ConsumeContext, error) {}))
+	beat := t.Consumer.AckWait / 3
+	if beat <= 0 {
+		beat = 10 * time.Second // a third of JetStream's default AckWait
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) { s.deliver(ctx, m, out, beat) },
+		jetstream.PullMaxMessages(16), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			s.Log.Warn("wmjet: consumer error", "consumer", t.Consumer.Durable, "err", err)
+		}))
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("wmjet: consume %s: %w", t.Consumer.Durable, err)
@@ -96,8 +105,10 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 
 // deliver hands one message to the router and settles it as the handler
 // did: DoubleAck on ack, a delayed redelivery on nack, nothing when
-// stopping (it comes back after AckWait).
-func (s *Subscriber) deliver(ctx context.Context, m jetstream.Msg, out chan<- *message.Message) {
+// stopping (it comes back after AckWait). While the handler works, and
+// retries, the server is told every beat that the message is in progress,
+// so it is not delivered again meanwhile.
+func (s *Subscriber) deliver(ctx context.Context, m jetstream.Msg, out chan<- *message.Message, beat time.Duration) {
 	id := m.Headers().Get(jetstream.MsgIDHeader)
 	if id == "" {
 		id = watermill.NewUUID()
@@ -118,12 +129,24 @@ func (s *Subscriber) deliver(ctx context.Context, m jetstream.Msg, out chan<- *m
 	case <-ctx.Done():
 		return
 	}
-	select {
-	case <-msg.Acked():
-		_ = m.DoubleAck(ctx)
-	case <-msg.Nacked():
-		_ = m.NakWithDelay(s.Redelivery)
-	case <-ctx.Done():
+	t := time.NewTicker(beat)
+	defer t.Stop()
+	for {
+		select {
+		case <-msg.Acked():
+			// Acknowledged even when stopping: the handler is done with it.
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = m.DoubleAck(actx)
+			cancel()
+			return
+		case <-msg.Nacked():
+			_ = m.NakWithDelay(s.Redelivery)
+			return
+		case <-t.C:
+			_ = m.InProgress()
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
@@ -157,7 +180,10 @@ func (p Publisher) Publish(topic string, msgs ...*message.Message) error {
 	for _, m := range msgs {
 		h := nats.Header{}
 		for k, v := range m.Metadata {
-			if k != MetadataSubject && k != MetadataStreamSeq {
+			// JetStream's own headers (expectations, the message id) are
+			// about the message as it was stored, not a copy published
+			// elsewhere: a poisoned event would be refused for them.
+			if k != MetadataSubject && k != MetadataStreamSeq && !strings.HasPrefix(k, "Nats-") {
 				h.Set(k, v)
 			}
 		}
