@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,8 +43,14 @@ func TestHandlersAckRetryAndPoison(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var mu sync.Mutex
 	var seen []string
 	var badTries atomic.Int32
+	handled := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
 	r.AddConsumerHandler("h", "h", sub, func(m *message.Message) error {
 		if m.Metadata.Get(wmjet.MetadataSubject) == "src.bad" {
 			badTries.Add(1)
@@ -51,7 +59,9 @@ func TestHandlersAckRetryAndPoison(t *testing.T) {
 		if m.Metadata.Get(wmjet.MetadataStreamSeq) == "" {
 			return errors.New("no stream sequence")
 		}
+		mu.Lock()
 		seen = append(seen, string(m.Payload))
+		mu.Unlock()
 		return nil
 	})
 	done := make(chan error, 1)
@@ -72,12 +82,13 @@ func TestHandlersAckRetryAndPoison(t *testing.T) {
 		t.Fatal(err)
 	}
 	var kept *jetstream.RawStreamMsg
-	for ctx.Err() == nil && (len(seen) < 3 || kept == nil) {
+	for ctx.Err() == nil && (len(handled()) < 3 || kept == nil) {
 		kept, _ = notify.GetLastMsgForSubject(ctx, poison)
 		time.Sleep(10 * time.Millisecond)
 	}
 	cancel()
 	<-done
+	seen = handled()
 	if len(seen) < 3 || kept == nil {
 		t.Fatalf("in 30 s: handled %v, poison topic holds %v", seen, kept)
 	}
