@@ -13,7 +13,7 @@ func Catalog() []Payload {
 		&ResourceActionRequested{}, &ServerSyncRequested{}, &ScriptRetryRequested{},
 		&SiteSaved{}, &SiteDeleted{},
 		&RunRequested{}, &RunPhaseStarted{}, &RunPhaseFinished{}, &RunCancelRequested{}, &RunFinished{},
-		&NotificationAbandoned{},
+		&NotificationAbandoned{}, &InstanceStarted{}, &InstanceExited{},
 	}
 }
 
@@ -30,4 +30,7 @@ const (
 	// so that one run at a time is a compare-and-set.
 	AggSiteRun      = "siterun"
 	AggNotification = "notification"
+	// AggInstance holds a supervised instance's lifecycle; its id is
+	// <site>/<service>/<server>/<index>.
+	AggInstance = "instance"
 )

@@ -79,6 +79,9 @@ type PlanScript struct {
 	Async      bool           `json:"async"`
 	Operations []OperationRef `json:"operations"`
 	Script     string         `json:"script"`
+	// Supervise, when set, makes the step act on a supervised process;
+	// Script then only describes it.
+	Supervise *Supervise `json:"supervise,omitempty"`
 }
 
 // PlanID is a plan's Nats-Msg-Id: the unit and the server, so a plan

@@ -51,6 +51,14 @@ type SiteService struct {
 	Status    string            `json:"status,omitempty"`
 	Run       string            `json:"run,omitempty"`
 	Commands  map[string]string `json:"commands,omitempty"`
+	// Of a supervised run command: its working directory, the port of
+	// instance 0 (instance n gets Port+n as PORT), the restart policy
+	// and the grace between SIGTERM and SIGKILL (default 10s).
+	Dir         string `json:"dir,omitempty"`
+	Port        int    `json:"port,omitempty"`
+	Restart     string `json:"restart,omitempty"`
+	MaxRestarts int    `json:"max_restarts,omitempty"`
+	Grace       string `json:"grace,omitempty"`
 }
 
 // SiteSaved: a site was created or changed.
@@ -97,6 +105,9 @@ type RunStep struct {
 	Command string    `json:"command"` // install, configure, start, stop, status or a custom command
 	Text    string    `json:"text"`    // the script
 	Timeout string    `json:"timeout,omitempty"`
+	// Supervise is set on the start, stop and status steps of a service
+	// with a run command: the server's executor supervises it.
+	Supervise *Supervise `json:"supervise,omitempty"`
 }
 
 // RunPhase is a set of steps run at once, on their servers' queues; the

@@ -242,3 +242,17 @@ func ScriptFilter(script fmt.Stringer, resultType string) string {
 func UnitSubject(unit fmt.Stringer, resultType string) string {
 	return unitPrefix + unit.String() + "." + resultType
 }
+
+// LogSubject is where the output of one instance of a supervised service
+// goes, a line per message: orchestra.log.<token(server)>.<token(service)>.<index>.
+func LogSubject(server, service string, index int) (string, error) {
+	srv, err := Token(server)
+	if err != nil {
+		return "", err
+	}
+	svc, err := Token(service)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("orchestra.log.%s.%s.%d", srv, svc, index), nil
+}

@@ -55,6 +55,9 @@ type Config struct {
 	KeepOutput bool
 	Limits     Limits
 	Logger     *slog.Logger
+	// Supervisor runs the supervised processes of local servers; without
+	// it their steps end in ERROR.
+	Supervisor *Supervisor
 }
 
 func (c *Config) setDefaults() {
@@ -434,8 +437,16 @@ func (e *Executor) run(ctx context.Context, srv events.Server, plan events.Plan,
 			})
 		}
 		c := newCapture(e.res, plan.Server, s.ID, attempt, e.cfg.Limits)
-		out := method.Run(ctx, Job{Server: srv, Script: s, Timeout: timeout, Stdout: c.stdout(), Stderr: c.stderr(),
-			Run: fmt.Sprintf("%s.%d", s.ID, attempt), Started: report})
+		var out Outcome
+		switch {
+		case s.Supervise == nil:
+			out = method.Run(ctx, Job{Server: srv, Script: s, Timeout: timeout, Stdout: c.stdout(), Stderr: c.stderr(),
+				Run: fmt.Sprintf("%s.%d", s.ID, attempt), Started: report})
+		case srv.Method != "local" || e.cfg.Supervisor == nil:
+			out = Outcome{State: events.StateError, ExitCode: -1, Reason: fmt.Sprintf("server %s cannot supervise processes: only the executor of a local server does", srv.Name)}
+		default:
+			out = e.cfg.Supervisor.Do(srv.Name, *s.Supervise, c.stdout())
+		}
 		fin.Duration = time.Since(fin.Started)
 		report(0) // when the method never learnt the process
 		got := c.finish(ctx)

@@ -71,6 +71,10 @@ type InstanceState struct {
 	Script   uuid.UUID `json:"script,omitzero"`
 	ExitCode int       `json:"exit_code"`
 	Run      uuid.UUID `json:"run,omitzero"`
+	// Of a supervised instance: its process, port and restarts.
+	PID      int `json:"pid,omitempty"`
+	Port     int `json:"port,omitempty"`
+	Restarts int `json:"restarts,omitempty"`
 }
 
 // InstanceKey is an instance's key in the instance tables.
@@ -129,6 +133,16 @@ func applySite(e events.Envelope, p events.Payload) ([]Row, bool, error) {
 				}
 			}
 		}
+	case *events.InstanceStarted:
+		rows, err = put(TableInstanceState, InstanceKey(p.Site, p.Service, p.Server, p.Index), p.Site, v, InstanceState{
+			Service: p.Service, Server: p.Server, Index: p.Index, State: events.InstanceRunning, Since: e.Time,
+			PID: p.PID, Port: p.Port, Restarts: p.Restarts})
+	case *events.InstanceExited:
+		st := InstanceState{Service: p.Service, Server: p.Server, Index: p.Index, State: events.InstanceStopped, Since: e.Time, ExitCode: p.ExitCode}
+		if !p.Stopped && (p.Restarting || p.ExitCode != 0 || p.Signal != "") {
+			st.State = events.InstanceFailed
+		}
+		rows, err = put(TableInstanceState, InstanceKey(p.Site, p.Service, p.Server, p.Index), p.Site, v, st)
 	case *events.RunFinished:
 		done := e.Time
 		rows, err = put(TableRuns, p.Run.String(), p.Site, v, RunSummary{Run: p.Run, Site: p.Site, Command: p.Command, State: p.State,

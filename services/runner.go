@@ -213,6 +213,9 @@ func (r *Runner) outcomes(ctx context.Context, p *RunProgress) ([]events.StepOut
 			out[i] = events.StepOutcome{State: events.StateRevoked, ExitCode: -1}
 		} else if fin, ok := r.results[st.Script]; ok {
 			out[i] = outcome(st.Command, phase.Group > 0, fin)
+			if st.Supervise != nil && out[i].Instance != events.InstanceFailed {
+				out[i].Instance = "" // its supervisor's events say it, with the process
+			}
 		} else {
 			return nil, nil
 		}

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/mail"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -198,6 +199,9 @@ func normalizeService(prefix string, s ServiceSpec) (ServiceSpec, error) {
 			return s, FieldErrorf(EINVALID, prefix+".timeout", "%q is not a positive duration such as 30s or 5m", s.Timeout)
 		}
 	}
+	if err := validateSupervision(prefix, &s); err != nil {
+		return s, err
+	}
 	if s.Start == "" && s.Run == "" {
 		return s, FieldErrorf(EINVALID, prefix+".start", "is empty and there is no run command: say how the service starts")
 	}
@@ -235,8 +239,38 @@ func normalizeService(prefix string, s ServiceSpec) (ServiceSpec, error) {
 	return s, nil
 }
 
+// validateSupervision checks the fields of a supervised run command.
+func validateSupervision(prefix string, s *ServiceSpec) error {
+	if s.Dir != "" && !filepath.IsAbs(s.Dir) {
+		return FieldErrorf(EINVALID, prefix+".dir", "%q is not an absolute path", s.Dir)
+	}
+	if err := noControl(prefix+".dir", s.Dir); err != nil {
+		return err
+	}
+	if s.Port < 0 || s.Port > 65535 || s.Port > 0 && s.Port+max(s.Scale, 1)-1 > 65535 {
+		return FieldErrorf(EINVALID, prefix+".port", "%d: instances get ports %d and up, which must stay within 1-65535", s.Port, s.Port)
+	}
+	if s.Restart != "" {
+		if err := oneOf(prefix+".restart", s.Restart, events.RestartOnFailure, events.RestartAlways, events.RestartNever); err != nil {
+			return err
+		}
+	}
+	if s.MaxRestarts < 0 {
+		return FieldErrorf(EINVALID, prefix+".max_restarts", "%d is negative", s.MaxRestarts)
+	}
+	if s.Grace != "" {
+		if d, err := time.ParseDuration(s.Grace); err != nil || d <= 0 {
+			return FieldErrorf(EINVALID, prefix+".grace", "%q is not a positive duration such as 10s", s.Grace)
+		}
+	}
+	if s.Run == "" && (s.Dir != "" || s.Port != 0 || s.Restart != "" || s.MaxRestarts != 0 || s.Grace != "") {
+		return FieldErrorf(EINVALID, prefix+".run", "is empty, but dir, port, restart, max_restarts or grace are set: they are about a supervised run command")
+	}
+	return nil
+}
+
 // reservedEnv are the variables every step's script sets.
-var reservedEnv = []string{"ORCHESTRA_SITE", "ORCHESTRA_SERVICE", "ORCHESTRA_SERVER", "ORCHESTRA_COMMAND", "INSTANCE"}
+var reservedEnv = []string{"ORCHESTRA_SITE", "ORCHESTRA_SERVICE", "ORCHESTRA_SERVER", "ORCHESTRA_COMMAND", "INSTANCE", "PORT"}
 
 func envName(k string) bool {
 	if k == "" || len(k) > 128 || k[0] >= '0' && k[0] <= '9' {
@@ -454,6 +488,29 @@ func (s *Service) Site(name string) (events.Site, bool) {
 	defer s.mu.RUnlock()
 	v, ok := s.state.sites[name]
 	return v.value, ok
+}
+
+// RecordInstance appends what a supervised instance did: an
+// InstanceStarted or InstanceExited.
+func (s *Service) RecordInstance(ctx context.Context, ev events.Payload) error {
+	var id string
+	switch e := ev.(type) {
+	case *events.InstanceStarted:
+		id = fmt.Sprintf("%s/%s/%s/%d", e.Site, e.Service, e.Server, e.Index)
+	case *events.InstanceExited:
+		id = fmt.Sprintf("%s/%s/%s/%d", e.Site, e.Service, e.Server, e.Index)
+	default:
+		return fmt.Errorf("record instance: %T is not an instance's event", ev)
+	}
+	agg := events.Aggregate{Type: events.AggInstance, ID: id}
+	_, err := serialized(ctx, s, func() (struct{}, error) {
+		s.mu.RLock()
+		pos := s.state.position(agg)
+		s.mu.RUnlock()
+		_, _, err := s.commitOne(ctx, System, agg, pos, ev)
+		return struct{}{}, err
+	})
+	return err
 }
 
 // RecordAbandoned appends that a notification was given up on.

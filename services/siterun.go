@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -169,8 +170,12 @@ func planRun(site events.Site, servers map[string]versioned[events.Server], req 
 		}
 		chosen = append(chosen, svc)
 		for _, srv := range ServiceServers(svc, byName) {
-			if s, ok := byName[srv]; !ok || !s.Active {
+			s, ok := byName[srv]
+			switch {
+			case !ok || !s.Active:
 				return nil, Errorf(ECONFLICT, "service %s of site %s runs on server %s, which is inactive; activate it or take it out of the site", svc.Name, site.Name, srv)
+			case svc.Run != "" && s.Method != MethodLocal:
+				return nil, Errorf(ECONFLICT, "service %s of site %s has a run command, which only a local server supervises, and server %s is %s", svc.Name, site.Name, srv, s.Method)
 			}
 		}
 	}
@@ -273,7 +278,8 @@ func (b *phaseBuilder) add(rank int, command string, group int, services []event
 	ph := events.RunPhase{Rank: rank, Command: command, Group: group}
 	for _, svc := range services {
 		text := commandText(svc, command)
-		if text == "" {
+		supervised := text == "" && svc.Run != "" && slices.Contains([]string{"start", "stop", "status"}, command)
+		if text == "" && !supervised {
 			continue
 		}
 		servers := only
@@ -282,15 +288,42 @@ func (b *phaseBuilder) add(rank int, command string, group int, services []event
 		}
 		for _, srv := range servers {
 			for i := range svc.Scale {
-				label := events.StepLabel(b.site.Name, svc.Name, i, command)
-				ph.Steps = append(ph.Steps, events.RunStep{Label: label, Service: svc.Name, Server: srv, Index: i,
-					Command: command, Text: stepScript(b.site.Name, srv, svc, i, command, text), Timeout: svc.Timeout})
+				st := events.RunStep{Label: events.StepLabel(b.site.Name, svc.Name, i, command), Service: svc.Name, Server: srv, Index: i,
+					Command: command, Timeout: svc.Timeout}
+				if supervised {
+					st.Supervise = supervise(b.site.Name, srv, svc, i, command)
+					st.Text = fmt.Sprintf("# supervised: %s %s#%d on %s\n# %s\n", command, svc.Name, i, srv, svc.Run)
+				} else {
+					st.Text = stepScript(b.site.Name, srv, svc, i, command, text)
+				}
+				ph.Steps = append(ph.Steps, st)
 			}
 		}
 	}
 	if len(ph.Steps) > 0 {
 		b.phases = append(b.phases, ph)
 	}
+}
+
+// supervise is the supervise step of one instance of svc's run command.
+func supervise(site, server string, svc events.SiteService, index int, action string) *events.Supervise {
+	env := []string{"ORCHESTRA_SITE=" + site, "ORCHESTRA_SERVICE=" + svc.Name, "ORCHESTRA_SERVER=" + server,
+		"INSTANCE=" + strconv.Itoa(index)}
+	port := 0
+	if svc.Port > 0 {
+		port = svc.Port + index
+		env = append(env, "PORT="+strconv.Itoa(port))
+	}
+	for _, k := range slices.Sorted(maps.Keys(svc.Env)) {
+		env = append(env, k+"="+svc.Env[k])
+	}
+	restart := svc.Restart
+	if restart == "" {
+		restart = events.RestartOnFailure
+	}
+	grace, _ := time.ParseDuration(svc.Grace) // checked when saved; 0 is the default
+	return &events.Supervise{Action: action, Site: site, Service: svc.Name, Index: index, Scale: svc.Scale, Command: svc.Run,
+		Dir: svc.Dir, Env: env, Port: port, Restart: restart, MaxRestarts: svc.MaxRestarts, Grace: grace}
 }
 
 // commandText is svc's command called name, "" when it defines none.

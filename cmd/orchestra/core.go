@@ -37,6 +37,7 @@ const (
 	secretKeyFile  = "secret.key"  // the key that seals resource secrets, 0600
 	modelDBFile    = "model.db"    // the planner's state and idempotent answers (SQLite)
 	readDir        = "read"        // the read models, one SQLite file each (see readModel)
+	logsDir        = "logs"        // supervised processes' output, <service>.<index>.log
 )
 
 // core is the write side, the read model and the API of one process.
@@ -51,6 +52,7 @@ type core struct {
 	executor   *executor.Executor
 	fleet      *executor.Fleet
 	ssh        *executor.SSH
+	supervisor *executor.Supervisor
 	runner     *services.Runner
 	notifier   *notify.Notifier
 	js         jetstream.JetStream
@@ -131,7 +133,8 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 	if err != nil {
 		return nil, err
 	}
-	if c.executor, c.ssh, err = newExecutor(ctx, js, svc, ex, log); err != nil {
+	c.supervisor = &executor.Supervisor{LogDir: filepath.Join(dataDir, logsDir), Sink: supervisionSink{svc, js, log.With("component", "supervisor")}}
+	if c.executor, c.ssh, err = newExecutor(ctx, js, svc, ex, c.supervisor, log); err != nil {
 		return nil, err
 	}
 	gw.Service, gw.Rows, gw.Model, gw.Planner, gw.Idempotency, gw.Logger = svc, model, model, planner, db, log
@@ -151,6 +154,7 @@ func (c *core) run(ctx context.Context) error {
 	inner, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer c.ssh.Close()
+	defer c.supervisor.StopAll() // after the executor, which may still start one
 	execute := func(ctx context.Context) error { return c.executor.Run(ctx, c.fleet) }
 	syncs := func(ctx context.Context) error { return serveAgentSyncs(ctx, c.nc, c.svc, c.fleet, c.log) }
 	runs := []func(context.Context) error{c.model.Run, c.results.Run, c.prune, c.dispatcher.Run, execute, syncs, c.control, c.notifier.Run}
@@ -221,6 +225,36 @@ func (c *core) control(ctx context.Context) error {
 	}
 }
 
+// supervisionSink records what supervised processes do as events, and
+// publishes their output on LOGS.
+type supervisionSink struct {
+	svc *services.Service
+	js  jetstream.JetStream
+	log *slog.Logger
+}
+
+func (s supervisionSink) Started(ev events.InstanceStarted) { s.record(&ev) }
+func (s supervisionSink) Exited(ev events.InstanceExited)   { s.record(&ev) }
+
+func (s supervisionSink) record(ev events.Payload) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.svc.RecordInstance(ctx, ev); err != nil {
+		s.log.Warn("recording a supervised process's lifecycle failed", "event", ev, "err", err)
+	}
+}
+
+// Line publishes one line of output without waiting: output is not worth
+// slowing the process down for.
+func (s supervisionSink) Line(site, service, server string, index int, stream string, line []byte) {
+	subject, err := events.LogSubject(server, service, index)
+	if err != nil {
+		return
+	}
+	msg := &nats.Msg{Subject: subject, Data: line, Header: nats.Header{"Orchestra-Site": {site}, "Orchestra-Stream": {stream}}}
+	_, _ = s.js.PublishMsgAsync(msg)
+}
+
 // siteTargets are a site's notification targets, secrets opened.
 type siteTargets struct {
 	svc    *services.Service
@@ -278,7 +312,7 @@ func (c *core) prune(ctx context.Context) error {
 
 // newExecutor builds the executor of this process: the ssh and local
 // methods; agent servers are served by their agents.
-func newExecutor(ctx context.Context, js jetstream.JetStream, svc *services.Service, ex execFlags, log *slog.Logger) (*executor.Executor, *executor.SSH, error) {
+func newExecutor(ctx context.Context, js jetstream.JetStream, svc *services.Service, ex execFlags, sup *executor.Supervisor, log *slog.Logger) (*executor.Executor, *executor.SSH, error) {
 	host, _ := os.Hostname()
 	ssh, err := executor.NewSSH(executor.SSHConfig{
 		Host: host, KeyFiles: ex.SSHKeys, AgentSocket: os.Getenv("SSH_AUTH_SOCK"), KnownHosts: ex.KnownHosts,
@@ -295,6 +329,7 @@ func newExecutor(ctx context.Context, js jetstream.JetStream, svc *services.Serv
 		Parallel:   ex.Parallel,
 		KeepOutput: true,
 		Logger:     log.With("component", "executor"),
+		Supervisor: sup,
 	})
 	return e, ssh, err
 }

@@ -308,7 +308,7 @@ func up(ctx context.Context, c upConfig, log *slog.Logger) error {
 				return err
 			}
 			close(ready)
-			log.Info("ready", "streams", []string{"EVENTS", "EXEC", "RESULTS", "LOGS"}, "seq", core.svc.Seq())
+			log.Info("ready", "streams", []string{"EVENTS", "EXEC", "RESULTS", "LOGS", "NOTIFY"}, "seq", core.svc.Seq())
 			return core.run(pctx)
 		}, func(error) {
 			log.Info("stopping core")

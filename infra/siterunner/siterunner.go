@@ -61,7 +61,7 @@ func (b *Bus) Send(ctx context.Context, run *events.RunRequested, phase int, ste
 			plans = append(plans, events.Plan{Unit: run.Run, Server: st.Server, Time: now, Site: run.Site, Phase: phase})
 		}
 		plans[i].Scripts = append(plans[i].Scripts, events.PlanScript{ID: st.Script, Backend: st.Label,
-			Executable: Executable, Timeout: st.Timeout, Operations: []events.OperationRef{}, Script: st.Text})
+			Executable: Executable, Timeout: st.Timeout, Operations: []events.OperationRef{}, Script: st.Text, Supervise: st.Supervise})
 		records = append(records, &events.ScriptPlanned{ID: st.Script, Unit: run.Run, Server: st.Server, Backend: st.Label,
 			Operations: []events.OperationRef{}, State: events.StateReceived, Script: st.Text, Time: now})
 	}
