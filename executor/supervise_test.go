@@ -25,8 +25,16 @@ type sink struct {
 	lines   []string
 }
 
-func (s *sink) Started(e events.InstanceStarted) { s.mu.Lock(); s.started = append(s.started, e); s.mu.Unlock() }
-func (s *sink) Exited(e events.InstanceExited)   { s.mu.Lock(); s.exited = append(s.exited, e); s.mu.Unlock() }
+func (s *sink) Started(e events.InstanceStarted) {
+	s.mu.Lock()
+	s.started = append(s.started, e)
+	s.mu.Unlock()
+}
+func (s *sink) Exited(e events.InstanceExited) {
+	s.mu.Lock()
+	s.exited = append(s.exited, e)
+	s.mu.Unlock()
+}
 func (s *sink) Line(site, service, server string, index int, stream string, line []byte) {
 	s.mu.Lock()
 	s.lines = append(s.lines, fmt.Sprintf("%s#%d %s: %s", service, index, stream, line))
