@@ -3,6 +3,7 @@ package services
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/mail"
@@ -237,6 +238,23 @@ func normalizeService(prefix string, s ServiceSpec) (ServiceSpec, error) {
 		s.Commands = nil
 	}
 	return s, nil
+}
+
+// ValidateSiteName checks the name of a site.
+func ValidateSiteName(name string) error { return validateName("site", name) }
+
+// CheckService validates one service of a site on its own, as a site
+// document's would be (whether its servers exist is not checked), and
+// returns it with its defaults; errors name the service's own fields.
+func CheckService(s ServiceSpec) (ServiceSpec, error) {
+	out, err := normalizeService("service", s)
+	var e *Error
+	if errors.As(err, &e) {
+		c := *e
+		c.Field = strings.TrimPrefix(c.Field, "service.")
+		return out, &c
+	}
+	return out, err
 }
 
 // validateSupervision checks the fields of a supervised run command.
