@@ -213,7 +213,7 @@ func killGroup(pid int, grace time.Duration) {
 	}
 	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
-		if syscall.Kill(-pid, 0) != nil && syscall.Kill(pid, 0) != nil {
+		if !groupAlive(pid) {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -439,6 +439,36 @@ func (s *Supervisor) strays(sup events.Supervise) []int {
 		}
 	}
 	return out
+}
+
+// groupAlive reports whether process group pgid, or process pgid, has a
+// member that is not a zombie: a zombie has ended, and whoever reaps it
+// (init, in a container maybe late) does not matter here.
+func groupAlive(pgid int) bool {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 3 || f[0] == "Z" {
+			continue
+		}
+		if pid == pgid || f[2] == strconv.Itoa(pgid) {
+			return true
+		}
+	}
+	return false
 }
 
 func exePath(pid int) string {

@@ -34,6 +34,9 @@ type client struct {
 // uses ./.orchestra/admin.token, the file a local `orchestra up` writes.
 func newClient() (*client, error) {
 	base := strings.TrimRight(os.Getenv(envURL), "/")
+	if st, ok := runningUp(); base == "" && inFleet() && ok {
+		base = st.HTTP // the folder's own Orchestra
+	}
 	if base == "" {
 		base = defaultURL
 	}

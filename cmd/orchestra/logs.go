@@ -21,6 +21,7 @@ import (
 
 	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/gateway"
+	"github.com/orchestra-fleet/orchestra/infra/fleetdir"
 	"github.com/orchestra-fleet/orchestra/projections"
 )
 
@@ -125,19 +126,27 @@ type logsFlags struct {
 func newLogsCommand() *cobra.Command {
 	var f logsFlags
 	cmd := &cobra.Command{
-		Use:   "logs",
+		Use:   "logs [SERVICE…]",
 		Short: "Show scripts' output across servers, each line prefixed with its server and backend; -f follows it live",
 		Long: "Prints the output of scripts as they ran, from --since on, each line prefixed with the server and the backend\n" +
 			"(coloured per server on a terminal; NO_COLOR turns colours off), with a line where each script started and ended.\n" +
-			"With -f it follows live and reconnects, without losing or repeating a line, when the connection drops.",
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+			"With -f it follows live and reconnects, without losing or repeating a line, when the connection drops.\n" +
+			"In a fleet folder it shows the services' processes' output instead: every instance's lines interleaved,\n" +
+			"each prefixed with its service and instance (of the SERVICEs given, or all).",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			color := isTerminal(cmd.OutOrStdout()) && os.Getenv("NO_COLOR") == ""
+			if inFleet() {
+				return fleetLogs(cmd.Context(), cmd.OutOrStdout(), args, f.follow, color)
+			}
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("logs takes services only in a fleet folder (one with %s); here use --server or --unit", fleetdir.ConfigFile)}
+			}
 			if f.unit != "" {
 				if _, err := uuid.Parse(f.unit); err != nil {
 					return usageError{fmt.Errorf("--unit: %q is not a unit id", f.unit)}
 				}
 			}
-			f.color = isTerminal(cmd.OutOrStdout()) && os.Getenv("NO_COLOR") == ""
+			f.color = color
 			return followLogs(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), f)
 		},
 	}
@@ -303,13 +312,18 @@ type logPrinter struct {
 var palette = []string{"\x1b[36m", "\x1b[33m", "\x1b[32m", "\x1b[35m", "\x1b[34m", "\x1b[91m", "\x1b[96m", "\x1b[93m"}
 
 func (p *logPrinter) prefix(server, backend string) string {
-	pre := server + " " + backend + " |"
-	if !p.color {
-		return pre
+	return colored(p.color, server, server+" "+backend+" |")
+}
+
+// colored paints text in key's colour, always the same for one key, when
+// color is on.
+func colored(color bool, key, text string) string {
+	if !color {
+		return text
 	}
 	h := fnv.New32a()
-	h.Write([]byte(server))
-	return palette[h.Sum32()%uint32(len(palette))] + pre + "\x1b[0m"
+	h.Write([]byte(key))
+	return palette[h.Sum32()%uint32(len(palette))] + text + "\x1b[0m"
 }
 
 func (p *logPrinter) print(ev gateway.StreamEvent, result json.RawMessage) error {

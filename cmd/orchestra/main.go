@@ -34,6 +34,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.AddCommand(newUpCommand(stderr), newApplyCommand(), newPlanCommand(), newGetCommand(), newDeleteCommand(), newTokenCommand(),
 		newActionCommand(), newSyncCommand(), newScriptsCommand(), newUnitsCommand(), newLogsCommand(), newStatusCommand(), newHistoryCommand(), newReplayCommand(), newAgentCommand(stderr),
 		newSiteCommand(), newRunCommand(), newPsCommand())
+	root.AddCommand(newFleetCommands()...)
 
 	err := root.ExecuteContext(ctx)
 	if err == nil {

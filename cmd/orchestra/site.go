@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -62,34 +64,7 @@ func siteRunCommand(command string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var res services.RunResult
-			if err := c.do(cmd.Context(), "POST", "/v1/sites/"+url.PathEscape(args[0])+"/commands", req, &res); err != nil {
-				return err
-			}
-			w := cmd.OutOrStdout()
-			if req.DryRun {
-				if output == "json" {
-					return printJSON(w, res)
-				}
-				printDryRun(w, res)
-				return nil
-			}
-			view := progressView{w: w, tty: output == "table" && isTerminal(w), quiet: output == "json"}
-			run, err := followRun(cmd.Context(), c, res.Run, view.show)
-			if err != nil {
-				return err
-			}
-			if output == "json" {
-				if err := printJSON(w, run); err != nil {
-					return err
-				}
-			} else {
-				view.summary(run)
-			}
-			if run.State != events.RunSuccess {
-				return fmt.Errorf("run %s ended %s: %s", run.Run, run.State, run.Reason)
-			}
-			return nil
+			return runOnSite(cmd.Context(), c, cmd.OutOrStdout(), args[0], req, output)
 		},
 	}
 	f := cmd.Flags()
@@ -101,6 +76,39 @@ func siteRunCommand(command string) *cobra.Command {
 		f.StringVar(&req.Order, "order", services.OrderAsc, "rank order: asc or desc")
 	}
 	return cmd
+}
+
+// runOnSite asks for a command on site and follows the run to its end,
+// showing its progress on w (or printing it as JSON at the end); a run
+// that does not succeed is an error.
+func runOnSite(ctx context.Context, c *client, w io.Writer, site string, req services.RunRequest, output string) error {
+	var res services.RunResult
+	if err := c.do(ctx, "POST", "/v1/sites/"+url.PathEscape(site)+"/commands", req, &res); err != nil {
+		return err
+	}
+	if req.DryRun {
+		if output == "json" {
+			return printJSON(w, res)
+		}
+		printDryRun(w, res)
+		return nil
+	}
+	view := progressView{w: w, tty: output == "table" && isTerminal(w), quiet: output == "json"}
+	run, err := followRun(ctx, c, res.Run, view.show)
+	if err != nil {
+		return err
+	}
+	if output == "json" {
+		if err := printJSON(w, run); err != nil {
+			return err
+		}
+	} else {
+		view.summary(run)
+	}
+	if run.State != events.RunSuccess {
+		return fmt.Errorf("run %s ended %s: %s", run.Run, run.State, run.Reason)
+	}
+	return nil
 }
 
 // followRun reads the run until it ends, calling show with each new view.
@@ -306,6 +314,10 @@ func newPsCommand() *cobra.Command {
 			if output != "table" && output != "json" {
 				return usageError{fmt.Errorf("-o: %q, want table or json", output)}
 			}
+			if _, ok := runningUp(); inFleet() && os.Getenv(envURL) == "" && !ok {
+				fmt.Fprintln(cmd.OutOrStdout(), "Orchestra does not run for this folder: nothing runs (orchestra start starts it)")
+				return nil
+			}
 			c, err := newClient()
 			if err != nil {
 				return err
@@ -334,7 +346,7 @@ func newPsCommand() *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), states)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SITE\tSERVICE\tINSTANCE\tSERVER\tRANK\tSTATE\tSINCE\tLAST\tEXIT")
+			fmt.Fprintln(tw, "SITE\tSERVICE\tINSTANCE\tSERVER\tRANK\tSTATE\tSINCE\tPID\tRESTARTS\tPORT\tLAST\tEXIT")
 			for _, st := range states {
 				for _, in := range st.Instances {
 					since, exit := "", ""
@@ -344,7 +356,14 @@ func newPsCommand() *cobra.Command {
 					if in.LastCode != nil {
 						exit = fmt.Sprint(*in.LastCode)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\n", st.Site, in.Service, in.Index, in.Server, in.Rank, in.State, since, in.Last, exit)
+					pid, restarts, port := "", "", ""
+					if in.PID > 0 {
+						pid, restarts = strconv.Itoa(in.PID), strconv.Itoa(in.Restarts)
+					}
+					if in.Port > 0 {
+						port = strconv.Itoa(in.Port)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", st.Site, in.Service, in.Index, in.Server, in.Rank, in.State, since, pid, restarts, port, in.Last, exit)
 				}
 			}
 			return tw.Flush()
