@@ -18,8 +18,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/orchestra-fleet/orchestra/infra/fleetdir"
 	"github.com/orchestra-fleet/orchestra/infra/files"
+	"github.com/orchestra-fleet/orchestra/infra/fleetdir"
 	"github.com/orchestra-fleet/orchestra/services"
 )
 
