@@ -31,6 +31,9 @@ type Sink interface {
 // SIGKILL unless its service says.
 const DefaultGrace = 10 * time.Second
 
+// settle is how long a start waits to see that the process stays up.
+const settle = 300 * time.Millisecond
+
 // maxBackoff bounds the wait before a restart; a process that ran this
 // long before exiting counts as healthy again (its restarts in a row
 // start over).
@@ -59,6 +62,9 @@ type proc struct {
 	stopping bool
 	stop     chan struct{} // closed to stop
 	done     chan struct{} // closed when supervision ends
+	// firstExit is closed when the first run of the command ends.
+	firstExit  chan struct{}
+	exitedOnce sync.Once
 }
 
 func key(server string, sup events.Supervise, index int) string {
@@ -72,7 +78,13 @@ func (s *Supervisor) Do(server string, sup events.Supervise, out io.Writer) Outc
 	case events.SuperviseStart:
 		return s.start(server, sup, out)
 	case events.SuperviseStop:
-		s.stopOne(key(server, sup, sup.Index), sup.Grace, out)
+		if !s.stopOne(key(server, sup, sup.Index), sup.Grace, out) {
+			// Not ours (any more): the state may still say it runs.
+			s.Sink.Exited(events.InstanceExited{Site: sup.Site, Service: sup.Service, Server: server, Index: sup.Index, Stopped: true})
+		}
+		if sup.Index == 0 {
+			s.stopBeyond(server, sup, sup.Scale, out) // and what a larger scale left
+		}
 		return exited(0)
 	case events.SuperviseStatus:
 		if pid := s.running(key(server, sup, sup.Index)); pid > 0 {
@@ -89,21 +101,7 @@ func (s *Supervisor) Do(server string, sup events.Supervise, out io.Writer) Outc
 // the service's instances beyond its scale and any stray copy of its
 // program.
 func (s *Supervisor) start(server string, sup events.Supervise, out io.Writer) Outcome {
-	s.mu.Lock()
-	if s.procs == nil {
-		s.procs = map[string]*proc{}
-	}
-	var beyond []string
-	for k, p := range s.procs {
-		if p.server == server && p.spec.Site == sup.Site && p.spec.Service == sup.Service && p.spec.Index >= sup.Scale {
-			beyond = append(beyond, k)
-		}
-	}
-	s.mu.Unlock()
-	slices.Sort(beyond)
-	for _, k := range beyond {
-		s.stopOne(k, sup.Grace, out)
-	}
+	s.stopBeyond(server, sup, sup.Scale, out)
 	k := key(server, sup, sup.Index)
 	if cur := s.get(k); cur != nil {
 		if sameSpec(cur.spec, sup) && cur.alive() {
@@ -114,9 +112,9 @@ func (s *Supervisor) start(server string, sup events.Supervise, out io.Writer) O
 	}
 	for _, pid := range s.strays(sup) {
 		fmt.Fprintf(out, "stopping a copy of %s running outside Orchestra: pid %d (%s)\n", sup.Service, pid, exePath(pid))
-		killGroup(pid, sup.Grace)
+		killProcess(pid, sup.Grace)
 	}
-	p := &proc{server: server, spec: sup, stop: make(chan struct{}), done: make(chan struct{})}
+	p := &proc{server: server, spec: sup, stop: make(chan struct{}), done: make(chan struct{}), firstExit: make(chan struct{})}
 	started := make(chan error, 1)
 	go s.supervise(p, started)
 	if err := <-started; err != nil {
@@ -125,8 +123,35 @@ func (s *Supervisor) start(server string, sup events.Supervise, out io.Writer) O
 	s.mu.Lock()
 	s.procs[k] = p
 	s.mu.Unlock()
-	fmt.Fprintf(out, "%s#%d started as pid %d\n", sup.Service, sup.Index, p.currentPID())
+	pid := p.currentPID()
+	select {
+	case <-p.firstExit:
+		// It did not stay up: say so, and let its policy go on.
+		return Outcome{State: events.StateFailure, ExitCode: -1, Reason: fmt.Sprintf("%s#%d exited within %s of starting (pid %d); its log says why", sup.Service, sup.Index, settle, pid)}
+	case <-time.After(settle):
+	}
+	fmt.Fprintf(out, "%s#%d started as pid %d\n", sup.Service, sup.Index, pid)
 	return exited(0)
+}
+
+// stopBeyond stops the instances of sup's service on server at index
+// from and above.
+func (s *Supervisor) stopBeyond(server string, sup events.Supervise, from int, out io.Writer) {
+	s.mu.Lock()
+	if s.procs == nil {
+		s.procs = map[string]*proc{}
+	}
+	var beyond []string
+	for k, p := range s.procs {
+		if p.server == server && p.spec.Site == sup.Site && p.spec.Service == sup.Service && p.spec.Index >= from {
+			beyond = append(beyond, k)
+		}
+	}
+	s.mu.Unlock()
+	slices.Sort(beyond)
+	for _, k := range beyond {
+		s.stopOne(k, sup.Grace, out)
+	}
 }
 
 func sameSpec(a, b events.Supervise) bool {
@@ -166,14 +191,14 @@ func (p *proc) alive() bool {
 
 // stopOne stops instance k: no more restarts, SIGTERM to its group, and
 // SIGKILL to what is left of the group after grace.
-func (s *Supervisor) stopOne(k string, grace time.Duration, out io.Writer) {
+func (s *Supervisor) stopOne(k string, grace time.Duration, out io.Writer) bool {
 	s.mu.Lock()
 	p := s.procs[k]
 	delete(s.procs, k)
 	s.mu.Unlock()
 	if p == nil {
 		fmt.Fprintf(out, "%s is not running\n", k)
-		return
+		return false
 	}
 	p.mu.Lock()
 	p.stopping = true
@@ -185,6 +210,7 @@ func (s *Supervisor) stopOne(k string, grace time.Duration, out io.Writer) {
 	}
 	<-p.done
 	fmt.Fprintf(out, "%s#%d stopped (pid %d)\n", p.spec.Service, p.spec.Index, pid)
+	return true
 }
 
 // StopAll stops every supervised process, as the executor stops.
@@ -204,21 +230,37 @@ func (s *Supervisor) StopAll() {
 
 // killGroup sends SIGTERM to process group pid, and SIGKILL once grace
 // has passed with any of it left.
-func killGroup(pid int, grace time.Duration) {
+func killGroup(pgid int, grace time.Duration) {
 	if grace <= 0 {
 		grace = DefaultGrace
 	}
-	if err := syscall.Kill(-pid, syscall.SIGTERM); errors.Is(err, syscall.ESRCH) {
-		_ = syscall.Kill(pid, syscall.SIGTERM) // not a group leader
+	if err := syscall.Kill(-pgid, syscall.SIGTERM); errors.Is(err, syscall.ESRCH) {
+		return // the group is gone
 	}
 	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
-		if !groupAlive(pid) {
+		if !groupAlive(pgid) {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+}
+
+// killProcess sends SIGTERM to pid, and SIGKILL once grace has passed
+// with it still there.
+func killProcess(pid int, grace time.Duration) {
+	if grace <= 0 {
+		grace = DefaultGrace
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		return
+	}
+	for deadline := time.Now().Add(grace); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if !running(pid) {
+			return
+		}
+	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 }
 
@@ -316,23 +358,28 @@ func (s *Supervisor) runOnce(p *proc, started chan<- error) (ended, int, error) 
 		}
 		return ended{}, 0, err
 	}
-	if started != nil {
-		started <- nil
-	}
 	pid := cmd.Process.Pid
 	p.mu.Lock()
 	p.pid = pid
 	stopping := p.stopping
 	total := p.restarts
 	p.mu.Unlock()
+	if started != nil {
+		started <- nil
+	}
 	if stopping { // stopped while it started: the stopper saw no pid
 		killGroup(pid, sup.Grace)
 	}
 	s.Sink.Started(events.InstanceStarted{Site: sup.Site, Service: sup.Service, Server: p.server, Index: sup.Index,
 		PID: pid, Port: sup.Port, Restarts: total})
 	r := <-done
-	// The leader is gone; what it started goes with it.
+	// The leader is gone; what it started goes with it, and its pid is
+	// no longer ours to signal.
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	p.mu.Lock()
+	p.pid = 0
+	p.mu.Unlock()
+	p.exitedOnce.Do(func() { close(p.firstExit) })
 	e := ended{took: r.took}
 	var exit *exec.ExitError
 	switch {
@@ -413,11 +460,29 @@ func (w *lineWriter) Close() error {
 	return nil
 }
 
-// strays are processes running a program from sup's folder that this
-// supervisor did not start: copies started by hand that would fight its
-// instances for their ports.
+// program is the executable sup's command runs, when its first word (after
+// an exec) is a path: relative ones are in its folder. "" when it is not.
+func program(sup events.Supervise) string {
+	words := strings.Fields(sup.Command)
+	if len(words) > 0 && words[0] == "exec" {
+		words = words[1:]
+	}
+	if len(words) == 0 || !strings.Contains(words[0], "/") || strings.ContainsAny(words[0], "$`'\"*?") {
+		return ""
+	}
+	if filepath.IsAbs(words[0]) {
+		return filepath.Clean(words[0])
+	}
+	return filepath.Join(sup.Dir, words[0])
+}
+
+// strays are processes of this user running the program of sup's command
+// that this supervisor did not start: copies started by hand that would
+// fight its instances for their ports. Only a command that names its
+// program by path (./bin/api) has strays to find.
 func (s *Supervisor) strays(sup events.Supervise) []int {
-	if sup.Dir == "" {
+	prog := program(sup)
+	if prog == "" || sup.Dir == "" {
 		return nil
 	}
 	ours := map[int]bool{os.Getpid(): true}
@@ -426,7 +491,6 @@ func (s *Supervisor) strays(sup events.Supervise) []int {
 		ours[p.currentPID()] = true
 	}
 	s.mu.Unlock()
-	dir := filepath.Clean(sup.Dir) + string(filepath.Separator)
 	entries, _ := os.ReadDir("/proc")
 	var out []int
 	for _, e := range entries {
@@ -434,7 +498,14 @@ func (s *Supervisor) strays(sup events.Supervise) []int {
 		if err != nil || ours[pid] {
 			continue
 		}
-		if exe := exePath(pid); strings.HasPrefix(exe, dir) && !ours[pgid(pid)] {
+		info, err := e.Info()
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Getuid() {
+			continue
+		}
+		if exePath(pid) == prog && !ours[pgid(pid)] {
 			out = append(out, pid)
 		}
 	}
@@ -447,8 +518,7 @@ func (s *Supervisor) strays(sup events.Supervise) []int {
 func groupAlive(pgid int) bool {
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
 		}
 		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
@@ -461,14 +531,21 @@ func groupAlive(pgid int) bool {
 			continue
 		}
 		f := strings.Fields(string(b[i+1:]))
-		if len(f) < 3 || f[0] == "Z" {
-			continue
-		}
-		if pid == pgid || f[2] == strconv.Itoa(pgid) {
+		if len(f) >= 3 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
 			return true
 		}
 	}
 	return false
+}
+
+// running reports whether pid exists and is not a zombie.
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && !bytes.HasPrefix(b[i+1:], []byte(" Z"))
 }
 
 func exePath(pid int) string {

@@ -222,7 +222,8 @@ func TestSupervisorRestartPolicy(t *testing.T) {
 			sup := &executor.Supervisor{Sink: rec}
 			s := spec(dir, 0, 1, c.cmd)
 			s.Restart, s.MaxRestarts = c.restart, c.max
-			if o := sup.Do("here", s, &bytes.Buffer{}); o.State != events.StateSuccess {
+			// Each exits at once, which the start reports.
+			if o := sup.Do("here", s, &bytes.Buffer{}); o.State != events.StateFailure || !strings.Contains(o.Reason, "exited within") {
 				t.Fatalf("start: %+v", o)
 			}
 			waitFor(t, "the end", func() bool {

@@ -68,6 +68,18 @@ func ensureUp(ctx context.Context, w io.Writer) (*client, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, err
 	}
+	// One command at a time starts it: another that waited finds it up.
+	lock, err := os.OpenFile(filepath.Join(dataDir, "up.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("lock %s: %w", lock.Name(), err)
+	}
+	if st, ok := runningUp(); ok {
+		return fleetClient(st)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -319,6 +331,9 @@ func newFleetCommands() []*cobra.Command {
 				}
 				scale[name] = v
 			}
+			if err := f.CheckPorts(scale); err != nil {
+				return err
+			}
 			if err := saveScale(scale); err != nil {
 				return err
 			}
@@ -404,6 +419,9 @@ func newFleetCommands() []*cobra.Command {
 				return usageError{fmt.Errorf("N: %q, want 1 to 100", args[1])}
 			}
 			scale[args[0]] = n
+			if err := f.CheckPorts(scale); err != nil {
+				return err
+			}
 			if err := saveScale(scale); err != nil {
 				return err
 			}
@@ -551,6 +569,9 @@ func fleetLogs(ctx context.Context, w io.Writer, args []string, follow, color bo
 				})
 				if err != nil {
 					return err
+				}
+				if n < offsets[path] {
+					partial[key] = "" // the file was cut: what was held is gone
 				}
 				offsets[path] = n
 			}

@@ -106,6 +106,10 @@ func TestLocalFleet(t *testing.T) {
 		"c/service.yml": "depends_on: [b]\nbuild: test ! -e broken.txt && mkdir -p bin && cp \"$(command -v sleep)\" bin/c.new && mv bin/c.new bin/c\nrun: exec ./bin/c 300\nwatch: ['*.txt']\n",
 	})
 	t.Cleanup(func() {
+		if t.Failed() {
+			log, _ := os.ReadFile(filepath.Join(dir, dataDir, upLog))
+			t.Logf("the folder's orchestra up logged:\n%s", log)
+		}
 		var st upState
 		if b, err := os.ReadFile(filepath.Join(dir, dataDir, upFile)); err == nil && json.Unmarshal(b, &st) == nil && live(st.PID) {
 			_ = syscall.Kill(st.PID, syscall.SIGKILL) // the test failed before down
@@ -243,7 +247,15 @@ func TestLocalFleet(t *testing.T) {
 		}
 	}()
 	writeFiles(t, dir, map[string]string{"c/notes.txt": "changed\n"})
-	eventually(t, "c restarted", func() bool { return fleetPS(t, dir)["c#0"].PID != before["c#0"].PID })
+	eventually(t, "c restarted", func() bool {
+		now := fleetPS(t, dir)["c#0"]
+		return now.State == "running" && now.PID != 0 && now.PID != before["c#0"].PID && live(now.PID)
+	})
+	eventually(t, "the restart's run ended", func() bool {
+		out, _ := fleetCLI(t, dir, "ps", "-o", "json")
+		var states []struct{ Run *string }
+		return json.Unmarshal([]byte(out), &states) == nil && len(states) == 1 && states[0].Run == nil
+	})
 	_ = rerun.Process.Signal(syscall.SIGINT)
 	_ = rerun.Wait()
 	after := fleetPS(t, dir)

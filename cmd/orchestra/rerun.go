@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"hash/fnv"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,19 +35,15 @@ func watch(ctx context.Context, w io.Writer, c *client, f *fleetdir.Fleet, svcs 
 		return fmt.Errorf("watch: %w", err)
 	}
 	defer watcher.Close()
+	// last is what each service's watched files looked like after its
+	// last build: a build that writes watched files (generated code)
+	// does not set off another.
+	last := map[string]string{}
 	for _, s := range svcs {
-		err := filepath.WalkDir(s.Dir, func(path string, d fs.DirEntry, err error) error {
-			if err != nil || !d.IsDir() {
-				return err
-			}
-			if path != s.Dir && strings.HasPrefix(d.Name(), ".") {
-				return filepath.SkipDir
-			}
-			return watcher.Add(path)
-		})
-		if err != nil {
+		if err := addTree(watcher, s.Dir); err != nil {
 			return fmt.Errorf("watch %s: %w", s.Dir, err)
 		}
+		last[s.Name] = snapshot(s)
 	}
 	fmt.Fprintf(w, "watching %d service(s) for changes; Ctrl-C stops watching (the services keep running)\n", len(svcs))
 	dirty := map[string]bool{}
@@ -64,7 +62,7 @@ func watch(ctx context.Context, w io.Writer, c *client, f *fleetdir.Fleet, svcs 
 			}
 			if ev.Has(fsnotify.Create) {
 				if info, err := os.Stat(ev.Name); err == nil && info.IsDir() {
-					_ = watcher.Add(ev.Name)
+					_ = addTree(watcher, ev.Name) // mkdir -p, a checkout: every level
 				}
 			}
 			if watched(s, ev.Name) {
@@ -77,9 +75,11 @@ func watch(ctx context.Context, w io.Writer, c *client, f *fleetdir.Fleet, svcs 
 					continue
 				}
 				delete(dirty, s.Name)
-				rebuild(ctx, w, c, f, s)
+				if now := snapshot(s); now != last[s.Name] {
+					rebuild(ctx, w, c, f, s)
+					last[s.Name] = snapshot(s)
+				}
 			}
-			drain(watcher) // what the build itself wrote
 		}
 	}
 }
@@ -135,13 +135,40 @@ func watched(s fleetdir.Service, path string) bool {
 	})
 }
 
-// drain drops the events waiting.
-func drain(watcher *fsnotify.Watcher) {
-	for {
-		select {
-		case <-watcher.Events:
-		default:
-			return
+// addTree watches dir and every folder under it but hidden ones.
+func addTree(watcher *fsnotify.Watcher, dir string) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
 		}
-	}
+		if path != dir && strings.HasPrefix(d.Name(), ".") {
+			return filepath.SkipDir
+		}
+		return watcher.Add(path)
+	})
+}
+
+// snapshot sums up the files of s its watch globs match: names, sizes and
+// modification times.
+func snapshot(s fleetdir.Service) string {
+	h := fnv.New64a()
+	_ = filepath.WalkDir(s.Dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if d.IsDir() {
+			if path != s.Dir && strings.HasPrefix(d.Name(), ".") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !watched(s, path) {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			fmt.Fprintf(h, "%s\x00%d\x00%d\n", path, info.Size(), info.ModTime().UnixNano())
+		}
+		return nil
+	})
+	return strconv.FormatUint(h.Sum64(), 16)
 }

@@ -114,6 +114,9 @@ func Load(dir string) (*Fleet, error) {
 	if f.Config.Site == "" {
 		f.Config.Site = siteName(filepath.Base(dir))
 	}
+	if err := f.Config.check(); err != nil {
+		return nil, err
+	}
 	if err := services.ValidateSiteName(f.Config.Site); err != nil {
 		return nil, &Error{ConfigFile, "site", err.Error()}
 	}
@@ -187,6 +190,43 @@ func errEOF(err error) error {
 	return errors.New("not EOF")
 }
 
+// check validates orchestra.yml on its own, so that its mistakes are
+// reported against it.
+func (c Config) check() error {
+	probe := services.ServiceSpec{Name: "probe", Servers: []string{Server}, Start: "true", Env: c.Env}
+	if _, err := services.CheckService(probe); err != nil {
+		return configError("", err)
+	}
+	for name, env := range c.Services {
+		probe.Env = env
+		if _, err := services.CheckService(probe); err != nil {
+			return configError("services."+name, err)
+		}
+	}
+	if c.Defaults.Scale < 0 {
+		return &Error{ConfigFile, "defaults.scale", fmt.Sprintf("%d is negative", c.Defaults.Scale)}
+	}
+	d := services.ServiceSpec{Name: "probe", Servers: []string{Server}, Run: "true", Restart: c.Defaults.Restart,
+		MaxRestarts: c.Defaults.MaxRestarts, Grace: c.Defaults.Grace}
+	if _, err := services.CheckService(d); err != nil {
+		return configError("defaults", err)
+	}
+	return nil
+}
+
+// configError reports err, about a probe service, against orchestra.yml.
+func configError(prefix string, err error) error {
+	var e *services.Error
+	if errors.As(err, &e) {
+		key := e.Field
+		if prefix != "" {
+			key = prefix + "." + strings.TrimPrefix(key, "env.")
+		}
+		return &Error{ConfigFile, key, e.Message}
+	}
+	return &Error{ConfigFile, prefix, err.Error()}
+}
+
 // check validates one service and fills in its defaults.
 func (f *Fleet) check(s *Service) error {
 	fail := func(key, format string, args ...any) error { return &Error{s.File, key, fmt.Sprintf(format, args...)} }
@@ -198,6 +238,12 @@ func (f *Fleet) check(s *Service) error {
 			return fail("docker.image", "is missing")
 		}
 		s.Start, s.Stop, s.Status = s.Docker.commands(f.Config.Site, s.Name)
+	}
+	if s.Run != "" && (s.Start != "" || s.Stop != "" || s.Status != "") {
+		return fail("run", "is a supervised command, which Orchestra starts, stops and asks after itself; it cannot go with start, stop or status")
+	}
+	if s.Docker != nil && s.Port != 0 {
+		return fail("port", "is for a run command; publish a container's ports with docker.ports")
 	}
 	if s.Run == "" && s.Start == "" {
 		return fail("run", "is missing: say how the service runs (run, or start with stop and status, or docker)")
@@ -293,15 +339,25 @@ func (f *Fleet) rank() error {
 }
 
 // ports refuses two services whose instances' ports overlap.
-func (f *Fleet) ports() error {
+func (f *Fleet) ports() error { return f.CheckPorts(nil) }
+
+// CheckPorts refuses two services whose instances' ports overlap with
+// the scales given (a service not in scale has its own).
+func (f *Fleet) CheckPorts(scale map[string]int) error {
+	n := func(s Service) int {
+		if v := scale[s.Name]; v > 0 {
+			return v
+		}
+		return s.Scale
+	}
 	for i, a := range f.Services {
 		for _, b := range f.Services[:i] {
 			if a.Port == 0 || b.Port == 0 {
 				continue
 			}
-			if a.Port < b.Port+b.Scale && b.Port < a.Port+a.Scale {
+			if a.Port < b.Port+n(b) && b.Port < a.Port+n(a) {
 				return &Error{a.File, "port", fmt.Sprintf("%d-%d collides with %s's %d-%d (port + instance, for scale instances)",
-					a.Port, a.Port+a.Scale-1, b.File, b.Port, b.Port+b.Scale-1)}
+					a.Port, a.Port+n(a)-1, b.File, b.Port, b.Port+n(b)-1)}
 			}
 		}
 	}

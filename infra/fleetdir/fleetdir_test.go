@@ -80,6 +80,12 @@ func TestLoadRefusesNamingFileAndKey(t *testing.T) {
 		{"config names no service", map[string]string{"orchestra.yml": "services: {ghost: {A: b}}\n", "a/service.yml": "run: x\n"}, "orchestra.yml: services.ghost: names no service"},
 		{"no services", map[string]string{"orchestra.yml": "env: {}\n"}, "no */service.yml here"},
 		{"docker with run", map[string]string{"a/service.yml": "run: x\ndocker: {image: redis}\n"}, "a/service.yml: docker: renders start"},
+		{"docker with port", map[string]string{"a/service.yml": "docker: {image: redis}\nport: 6379\n"}, "a/service.yml: port: is for a run command"},
+		{"run with start", map[string]string{"a/service.yml": "run: x\nstart: y\n"}, "a/service.yml: run: is a supervised command"},
+		{"bad global env", map[string]string{"orchestra.yml": "env: {1BAD: x}\n", "a/service.yml": "run: x\n"}, "orchestra.yml: env.1BAD:"},
+		{"bad service env", map[string]string{"orchestra.yml": "services: {a: {PORT: '1'}}\n", "a/service.yml": "run: x\n"}, "orchestra.yml: services.a.PORT: is set by Orchestra"},
+		{"bad default", map[string]string{"orchestra.yml": "defaults: {restart: sometimes}\n", "a/service.yml": "run: x\n"}, "orchestra.yml: defaults.restart:"},
+		{"negative default scale", map[string]string{"orchestra.yml": "defaults: {scale: -3}\n", "a/service.yml": "run: x\n"}, "orchestra.yml: defaults.scale: -3 is negative"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := fleetdir.Load(folder(t, c.files))
@@ -109,5 +115,20 @@ func TestDockerShorthand(t *testing.T) {
 	// The rendered command parses as shell and keeps the value whole.
 	if out, err := exec.Command("/bin/sh", "-n", "-c", s.Start).CombinedOutput(); err != nil {
 		t.Errorf("sh -n: %v %s", err, out)
+	}
+}
+
+// TestCheckPortsWithScales: a scale set later is checked too.
+func TestCheckPortsWithScales(t *testing.T) {
+	f, err := fleetdir.Load(folder(t, map[string]string{"api/service.yml": "run: x\nport: 8100\n", "web/service.yml": "run: x\nport: 8101\n"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.CheckPorts(map[string]int{"api": 2}); err == nil || !strings.Contains(err.Error(), "api/service.yml: port: 8100-8101 collides with web/service.yml's 8101-8101") &&
+		!strings.Contains(err.Error(), "web/service.yml: port: 8101-8101 collides with api/service.yml's 8100-8101") {
+		t.Errorf("scale api 2: %v", err)
+	}
+	if err := f.CheckPorts(map[string]int{"web": 5}); err != nil {
+		t.Errorf("scale web 5: %v", err)
 	}
 }
