@@ -2,6 +2,7 @@ package executor
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -46,10 +47,16 @@ const maxBackoff = 30 * time.Second
 type Supervisor struct {
 	// LogDir holds <service>.<index>.log per instance; "" writes none.
 	LogDir string
+	// GroupFile, when set, keeps the process groups running now, so that
+	// a supervisor started after a crash stops what they left (Reap).
+	GroupFile string
 	Sink   Sink
 
 	mu    sync.Mutex
 	procs map[string]*proc // by server/site/service/index
+
+	groupsMu sync.Mutex
+	groups   map[int]uint64 // process group → its leader's start time (clock ticks after boot)
 }
 
 // proc is one supervised instance.
@@ -213,6 +220,103 @@ func (s *Supervisor) stopOne(k string, grace time.Duration, out io.Writer) bool 
 	return true
 }
 
+// track records that process group pgid runs (or no longer does) in
+// GroupFile.
+func (s *Supervisor) track(pgid int, running bool) {
+	if s.GroupFile == "" {
+		return
+	}
+	s.groupsMu.Lock()
+	defer s.groupsMu.Unlock()
+	if s.groups == nil {
+		s.groups = map[int]uint64{}
+	}
+	if running {
+		s.groups[pgid] = startTime(pgid)
+	} else {
+		delete(s.groups, pgid)
+	}
+	b, err := json.Marshal(s.groups)
+	if err == nil {
+		tmp := s.GroupFile + ".tmp"
+		if os.WriteFile(tmp, b, 0o600) == nil {
+			_ = os.Rename(tmp, s.GroupFile)
+		}
+	}
+}
+
+// Reap stops what the process groups GroupFile names left running: after
+// the executor was killed, its instances' leaders died with it, but not
+// always the processes they started. A process counts only if it is in
+// the group and started no earlier than the group's leader did, so a
+// group id used again since is left alone. It returns how many processes
+// it stopped.
+func (s *Supervisor) Reap() int {
+	if s.GroupFile == "" {
+		return 0
+	}
+	b, err := os.ReadFile(s.GroupFile)
+	if err != nil {
+		return 0
+	}
+	var groups map[int]uint64
+	if json.Unmarshal(b, &groups) != nil {
+		return 0
+	}
+	n := 0
+	for pgid, started := range groups {
+		for _, pid := range members(pgid) {
+			if startTime(pid) >= started && pid != os.Getpid() {
+				killProcess(pid, DefaultGrace)
+				n++
+			}
+		}
+	}
+	_ = os.Remove(s.GroupFile)
+	return n
+}
+
+// members are the live processes of group pgid.
+func members(pgid int) []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f := statFields(pid); len(f) >= 3 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// statFields are the fields of /proc/pid/stat after the command's name:
+// state, ppid, pgrp, … (nil when pid is gone).
+func statFields(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
+}
+
+// startTime is when pid started, in clock ticks after boot (field 22 of
+// /proc/pid/stat); 0 when it is gone.
+func startTime(pid int) uint64 {
+	f := statFields(pid)
+	if len(f) < 20 {
+		return 0
+	}
+	t, _ := strconv.ParseUint(f[19], 10, 64)
+	return t
+}
+
 // StopAll stops every supervised process, as the executor stops.
 func (s *Supervisor) StopAll() {
 	s.mu.Lock()
@@ -359,6 +463,7 @@ func (s *Supervisor) runOnce(p *proc, started chan<- error) (ended, int, error) 
 		return ended{}, 0, err
 	}
 	pid := cmd.Process.Pid
+	s.track(pid, true)
 	p.mu.Lock()
 	p.pid = pid
 	stopping := p.stopping
@@ -376,6 +481,7 @@ func (s *Supervisor) runOnce(p *proc, started chan<- error) (ended, int, error) 
 	// The leader is gone; what it started goes with it, and its pid is
 	// no longer ours to signal.
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	s.track(pid, false)
 	p.mu.Lock()
 	p.pid = 0
 	p.mu.Unlock()
@@ -512,40 +618,15 @@ func (s *Supervisor) strays(sup events.Supervise) []int {
 	return out
 }
 
-// groupAlive reports whether process group pgid, or process pgid, has a
-// member that is not a zombie: a zombie has ended, and whoever reaps it
-// (init, in a container maybe late) does not matter here.
-func groupAlive(pgid int) bool {
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) >= 3 && f[0] != "Z" && f[2] == strconv.Itoa(pgid) {
-			return true
-		}
-	}
-	return false
-}
+// groupAlive reports whether process group pgid has a member that is not
+// a zombie: a zombie has ended, and whoever reaps it (init, in a container
+// maybe late) does not matter here.
+func groupAlive(pgid int) bool { return len(members(pgid)) > 0 }
 
 // running reports whether pid exists and is not a zombie.
 func running(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i > 0 && !bytes.HasPrefix(b[i+1:], []byte(" Z"))
+	f := statFields(pid)
+	return len(f) > 0 && f[0] != "Z"
 }
 
 func exePath(pid int) string {

@@ -33,11 +33,12 @@ import (
 
 // Files of the data directory besides the JetStream store.
 const (
-	adminTokenFile = "admin.token" // the first admin token, 0600
-	secretKeyFile  = "secret.key"  // the key that seals resource secrets, 0600
-	modelDBFile    = "model.db"    // the planner's state and idempotent answers (SQLite)
-	readDir        = "read"        // the read models, one SQLite file each (see readModel)
-	logsDir        = "logs"        // supervised processes' output, <service>.<index>.log
+	adminTokenFile = "admin.token"     // the first admin token, 0600
+	secretKeyFile  = "secret.key"      // the key that seals resource secrets, 0600
+	modelDBFile    = "model.db"        // the planner's state and idempotent answers (SQLite)
+	readDir        = "read"            // the read models, one SQLite file each (see readModel)
+	logsDir        = "logs"            // supervised processes' output, <service>.<index>.log
+	groupsFile     = "supervised.json" // the process groups of supervised instances running now
 )
 
 // core is the write side, the read model and the API of one process.
@@ -133,7 +134,11 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 	if err != nil {
 		return nil, err
 	}
-	c.supervisor = &executor.Supervisor{LogDir: filepath.Join(dataDir, logsDir), Sink: supervisionSink{svc, js, log.With("component", "supervisor")}}
+	c.supervisor = &executor.Supervisor{LogDir: filepath.Join(dataDir, logsDir), GroupFile: filepath.Join(dataDir, groupsFile),
+		Sink: supervisionSink{svc, js, log.With("component", "supervisor")}}
+	if n := c.supervisor.Reap(); n > 0 {
+		log.Warn("stopped processes that supervised instances left running when Orchestra last stopped without stopping them", "processes", n)
+	}
 	if c.executor, c.ssh, err = newExecutor(ctx, js, svc, ex, c.supervisor, log); err != nil {
 		return nil, err
 	}

@@ -345,3 +345,57 @@ func checkLogsStream(t *testing.T, dir string) {
 		t.Errorf("LOGS: %v %+v", err, msg)
 	}
 }
+
+// TestLocalFleetReapsAfterKill: orchestra up killed with SIGKILL takes its
+// instances' main processes with it, but a child one forked lives on; the
+// next start stops it.
+func TestLocalFleetReapsAfterKill(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"orchestra.yml": "env: {}\n",
+		"b/service.yml": "run: 'sleep 300 & echo \"b child $!\"; while :; do sleep 0.1; done'\n",
+	})
+	var childPID int
+	t.Cleanup(func() {
+		if childPID > 0 && live(childPID) {
+			_ = syscall.Kill(childPID, syscall.SIGKILL)
+		}
+		var st upState
+		if b, err := os.ReadFile(filepath.Join(dir, dataDir, upFile)); err == nil && json.Unmarshal(b, &st) == nil && live(st.PID) {
+			_ = syscall.Kill(st.PID, syscall.SIGKILL)
+		}
+	})
+	if out, code := fleetCLI(t, dir, "start"); code != 0 {
+		t.Fatalf("start: %s", out)
+	}
+	eventually(t, "b's child in its log", func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, dataDir, logsDir, "b.0.log"))
+		_, rest, ok := strings.Cut(string(b), "b child ")
+		if ok {
+			childPID, _ = strconv.Atoi(strings.TrimSpace(strings.SplitN(rest, "\n", 2)[0]))
+		}
+		return childPID > 0
+	})
+	var st upState
+	b, _ := os.ReadFile(filepath.Join(dir, dataDir, upFile))
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(st.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "orchestra up gone", func() bool { return !live(st.PID) })
+	time.Sleep(200 * time.Millisecond)
+	if !live(childPID) {
+		t.Skip("the child died with orchestra up here: nothing to reap")
+	}
+	if out, code := fleetCLI(t, dir, "start"); code != 0 {
+		t.Fatalf("start again: %s", out)
+	}
+	if live(childPID) {
+		t.Errorf("b's child (pid %d) from before the kill still runs after the next start", childPID)
+	}
+	if out, code := fleetCLI(t, dir, "down"); code != 0 {
+		t.Fatalf("down: %s", out)
+	}
+}
