@@ -50,7 +50,7 @@ type Supervisor struct {
 	// GroupFile, when set, keeps the process groups running now, so that
 	// a supervisor started after a crash stops what they left (Reap).
 	GroupFile string
-	Sink   Sink
+	Sink      Sink
 
 	mu    sync.Mutex
 	procs map[string]*proc // by server/site/service/index
