@@ -380,6 +380,24 @@ func heartbeat(ctx context.Context, nc *nats.Conn, msg jetstream.Msg, ackWait ti
 	return func() { once.Do(func() { close(done) }) }
 }
 
+// claim takes up site step s for this attempt. It reports done when the
+// step ended meanwhile (revoked), and gives up guarding after a few tries
+// that lose to results of other kinds (the planner's record landing late).
+func (e *Executor) claim(ctx context.Context, plan events.Plan, s events.PlanScript, attempt int) (done bool, err error) {
+	claim := events.ScriptStarted{ID: s.ID, Unit: plan.Unit, Server: plan.Server, Backend: s.Backend, Attempt: attempt,
+		Executor: "claimed", Time: time.Now()}
+	for range 3 {
+		ok, err := Claim(ctx, e.cfg.JetStream, plan.Server, s.ID, claim, &events.ScriptFinished{}, fmt.Sprintf("%s.%d.claim", s.ID, attempt))
+		if err != nil || ok {
+			return false, err
+		}
+		if done, err := e.res.last(ctx, plan.Server, s.ID, &events.ScriptFinished{}); err != nil || done {
+			return done, err
+		}
+	}
+	return false, nil
+}
+
 // stopEarlier kills what the script's last attempt may have left running
 // on the server when its executor died, so that this attempt never runs
 // beside it. It returns a note for the reason when that failed.
@@ -403,12 +421,15 @@ func (e *Executor) stopEarlier(ctx context.Context, method Method, srv events.Se
 // earlier attempt, or before its queue's consumer was made again) is not
 // run again.
 func (e *Executor) run(ctx context.Context, srv events.Server, plan events.Plan, s events.PlanScript, attempt int) error {
-	done, err := e.res.last(ctx, plan.Server, s.ID, &events.ScriptFinished{})
-	if err != nil {
+	if plan.Site != "" {
+		// A site step can be revoked while it waits: claim it first, so
+		// that the runner's revoke and this start cannot both win. The
+		// claim looks for an end too.
+		if done, err := e.claim(ctx, plan, s, attempt); err != nil || done {
+			return err
+		}
+	} else if done, err := e.res.last(ctx, plan.Server, s.ID, &events.ScriptFinished{}); err != nil || done {
 		return err
-	}
-	if done {
-		return nil
 	}
 	fin := events.ScriptFinished{ID: s.ID, Unit: plan.Unit, Server: plan.Server, Backend: s.Backend, Attempt: attempt, ExitCode: -1}
 	method := e.cfg.Methods[srv.Method]

@@ -109,3 +109,58 @@ func (r *results) keep(ctx context.Context, name string, size int64, body io.Rea
 	}
 	return nil
 }
+
+// Claim publishes v, a result about script id on server, unless the
+// other side's claim is there: the executor taking up a site step (a
+// ScriptStarted) and the runner revoking it (a REVOKED ScriptFinished)
+// both claim the script, and only the first succeeds. It reads the
+// script's last result, asks other whether the other side's result exists
+// (a look after that read sees any claim stored before it), and publishes
+// v only if nothing about the script was stored since the read. It
+// reports whether v was stored.
+func Claim(ctx context.Context, js jetstream.JetStream, server string, id uuid.UUID, v, other events.Result, msgID string) (bool, error) {
+	filter, err := events.ScriptSubject(server, id, ">")
+	if err != nil {
+		return false, err
+	}
+	reply, err := js.Conn().RequestWithContext(ctx, "$JS.API.DIRECT.GET."+events.StreamResults+"."+filter, nil)
+	if err != nil {
+		return false, fmt.Errorf("look up the results of script %s: %w", id, err)
+	}
+	var seq uint64
+	switch status := reply.Header.Get("Status"); status {
+	case "":
+		if seq, err = strconv.ParseUint(reply.Header.Get("Nats-Sequence"), 10, 64); err != nil {
+			return false, fmt.Errorf("the last result of script %s has no sequence: %w", id, err)
+		}
+	case "404":
+	default:
+		return false, fmt.Errorf("look up the results of script %s: status %s %s", id, status, reply.Header.Get("Description"))
+	}
+	r := results{js: js}
+	if taken, err := r.last(ctx, server, id, other); err != nil || taken {
+		return false, err
+	}
+	subject, err := events.ScriptSubject(server, id, v.ResultType())
+	if err != nil {
+		return false, err
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		return false, err
+	}
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{
+		jetstream.MsgIDHeader:                   {msgID},
+		jetstream.ExpectedLastSubjSeqHeader:     {strconv.FormatUint(seq, 10)},
+		jetstream.ExpectedLastSubjSeqSubjHeader: {filter},
+	}}
+	_, err = js.PublishMsg(ctx, msg)
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("claim script %s: %w", id, err)
+	}
+	return true, nil
+}

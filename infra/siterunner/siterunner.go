@@ -14,10 +14,10 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/executor"
 	"github.com/orchestra-fleet/orchestra/infra/planbus"
 	"github.com/orchestra-fleet/orchestra/infra/wmjet"
 	"github.com/orchestra-fleet/orchestra/services"
@@ -94,29 +94,14 @@ func (b *Bus) last(ctx context.Context, st events.RunStep, v events.Result) (boo
 }
 
 // Revoke implements services.StepBus: a step that has not started ends
-// REVOKED (attempt 0), which its executor takes as done and skips. A step
-// that starts meanwhile runs, and its own end, a later attempt, wins.
+// REVOKED (attempt 0), which its executor takes as done and skips. The
+// revoke and the executor's start both claim the step (executor.Claim):
+// a step the executor took up first runs, and ends as it ends.
 func (b *Bus) Revoke(ctx context.Context, run *events.RunRequested, steps []events.RunStep) error {
 	for _, st := range steps {
-		started, err := b.last(ctx, st, &events.ScriptStarted{})
-		if err != nil || started {
-			if err != nil {
-				return err
-			}
-			continue
-		}
 		fin := events.ScriptFinished{ID: st.Script, Unit: run.Run, Server: st.Server, Backend: st.Label, State: events.StateRevoked,
 			ExitCode: -1, Reason: "cancelled before it started (orchestra run cancel)", Time: time.Now().UTC()}
-		subject, err := events.ScriptSubject(st.Server, st.Script, fin.ResultType())
-		if err != nil {
-			return err
-		}
-		data, err := json.Marshal(fin)
-		if err != nil {
-			return err
-		}
-		msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{jetstream.MsgIDHeader: {st.Script.String() + ".0." + fin.ResultType()}}}
-		if _, err := b.js.PublishMsg(ctx, msg); err != nil {
+		if _, err := executor.Claim(ctx, b.js, st.Server, st.Script, &fin, &events.ScriptStarted{}, st.Script.String()+".0."+fin.ResultType()); err != nil {
 			return fmt.Errorf("revoke %s: %w", st.Script, err)
 		}
 	}
