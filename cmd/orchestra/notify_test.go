@@ -27,14 +27,14 @@ type hook struct {
 }
 
 type hookPost struct {
-	path, event, signature string
-	body                   []byte
+	path, event, signature, timestamp string
+	body                              []byte
 }
 
 func (h *hook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	h.mu.Lock()
-	h.posts = append(h.posts, hookPost{r.URL.Path, r.Header.Get(notify.HeaderEvent), r.Header.Get(notify.HeaderSignature), body})
+	h.posts = append(h.posts, hookPost{r.URL.Path, r.Header.Get(notify.HeaderEvent), r.Header.Get(notify.HeaderSignature), r.Header.Get(notify.HeaderTimestamp), body})
 	h.mu.Unlock()
 }
 
@@ -58,10 +58,12 @@ func (h *hook) wait(t *testing.T, path, event string, n int) []hookPost {
 	return nil
 }
 
-// signed checks p's signature is the HMAC-SHA256 of its body with key.
+// signed checks p's signature is the HMAC-SHA256 of its timestamp, a dot
+// and its body, with key.
 func signed(t *testing.T, p hookPost, key string) {
 	t.Helper()
 	m := hmac.New(sha256.New, []byte(key))
+	m.Write([]byte(p.timestamp + "."))
 	m.Write(p.body)
 	if want := "sha256=" + hex.EncodeToString(m.Sum(nil)); p.signature != want {
 		t.Errorf("post to %s signed %q, want %q", p.path, p.signature, want)

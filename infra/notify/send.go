@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/smtp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -23,8 +24,13 @@ import (
 const (
 	HeaderEvent    = "X-Orchestra-Event"    // EventRunFinished or EventScriptFailed
 	HeaderDelivery = "X-Orchestra-Delivery" // the Delivery's ID: the same on every attempt
-	// HeaderSignature is "sha256=" and the hex HMAC-SHA256 of the body
-	// keyed with the target's secret; absent when it has none.
+	// HeaderTimestamp is when the request was signed, in Unix seconds:
+	// a receiver refuses old ones, so a captured request cannot be
+	// replayed later.
+	HeaderTimestamp = "X-Orchestra-Timestamp"
+	// HeaderSignature is "sha256=" and the hex HMAC-SHA256, keyed with
+	// the target's secret, of the timestamp, a dot and the body; absent
+	// when the target has no secret.
 	HeaderSignature = "X-Orchestra-Signature"
 )
 
@@ -57,7 +63,9 @@ func (n *Notifier) postWebhook(ctx context.Context, d Delivery) error {
 	req.Header.Set(HeaderEvent, d.Event)
 	req.Header.Set(HeaderDelivery, d.ID)
 	if secret != "" {
-		req.Header.Set(HeaderSignature, sign(secret, d.Payload))
+		ts := strconv.FormatInt(time.Now().Unix(), 10)
+		req.Header.Set(HeaderTimestamp, ts)
+		req.Header.Set(HeaderSignature, Sign(secret, ts, d.Payload))
 	}
 	resp, err := n.cfg.HTTPClient.Do(req)
 	if err != nil {
@@ -89,9 +97,10 @@ func (n *Notifier) secret(d Delivery) (string, error) {
 	return "", errNotTarget
 }
 
-// sign is the value of HeaderSignature for body.
-func sign(secret string, body []byte) string {
+// Sign is the value of HeaderSignature for body sent at timestamp.
+func Sign(secret, timestamp string, body []byte) string {
 	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write([]byte(timestamp + "."))
 	mac.Write(body)
 	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
 }
