@@ -494,3 +494,61 @@ services:
 		t.Errorf("scripts --state REVOKED: %v, %d scripts, want 2: %s", err, len(revoked), out)
 	}
 }
+
+// TestSiteStepsQueueBehindModelScripts: site steps go through the same
+// per-server queue as the model's scripts, so a step sent while a model
+// script runs on its server starts only once that script has ended.
+func TestSiteStepsQueueBehindModelScripts(t *testing.T) {
+	dir := t.TempDir()
+	marks := filepath.Join(dir, "marks")
+	if err := os.Mkdir(marks, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := startUp(t, "--data", filepath.Join(dir, ".orchestra"), "--nats-listen", "127.0.0.1:0")
+	p.waitReady(t)
+	doc := siteServers(1) + fmt.Sprintf(`kind: Backend
+name: slow
+type: job
+actions:
+  save: |
+    b=$(date +%%s%%N); sleep 1; echo "$b $(date +%%s%%N)" > %[1]s/model
+---
+kind: Route
+backend: slow
+server: site-s1
+---
+kind: Site
+name: queued
+services:
+  - {name: a, rank: 1, servers: [site-s1], start: %[2]s}
+`, marks, stamp(marks, 0))
+	if out, errOut, code := p.applyDoc(t, dir, doc); code != 0 {
+		t.Fatalf("apply exited %d: %s%s", code, out, errOut)
+	}
+	// The model script starts, and while it runs the site starts.
+	p.applyText(t, dir, "kind: Resource\ntype: job\nname: j\nattrs: {}\n")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		out, _, _ := p.cli(t, dir, "scripts", "--state", "STARTED", "-o", "json")
+		if strings.Contains(out, `"backend": "slow"`) || strings.Contains(out, `"backend":"slow"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the model script did not start: %s", out)
+		}
+	}
+	if v, code, errOut := p.siteRun(t, dir, "start", "queued"); code != 0 {
+		t.Fatalf("start exited %d: %s %s", code, v.State, errOut)
+	}
+	b, err := os.ReadFile(filepath.Join(marks, "model"))
+	if err != nil {
+		t.Fatalf("the model script did not run: %v", err)
+	}
+	var model [2]int64
+	if _, err := fmt.Sscan(string(b), &model[0], &model[1]); err != nil {
+		t.Fatal(err)
+	}
+	step := stamps(t, marks, "start")["a"]
+	if len(step) != 1 || step[0][0] < model[1] {
+		t.Errorf("the site step ran %v, the model script %v: the step began before the script ended", step, model)
+	}
+}
