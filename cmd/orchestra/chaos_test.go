@@ -1,0 +1,120 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestChaosHeavyScriptsDoNotBlockOthers: a script writing 100 MB of
+// output and one that never ends, each on a server of its own, while
+// twenty units of work run on three other servers. Those all finish while
+// the endless one still runs, and the 100 MB end up whole in the output
+// bucket with the log's chunks truncated. How long the twenty took beside
+// a quiet run of the same is logged, not asserted (machines are noisy).
+func TestChaosHeavyScriptsDoNotBlockOthers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes 100 MB")
+	}
+	dir := t.TempDir()
+	p := startUp(t, "--data", filepath.Join(dir, ".orchestra"), "--nats-listen", "127.0.0.1:0")
+	p.waitReady(t)
+	var doc strings.Builder
+	for _, s := range []string{"big", "stuck", "o1", "o2", "o3"} {
+		fmt.Fprintf(&doc, "kind: Server\nname: %s\naddress: 127.0.0.1\nmethod: local\n---\n", s)
+	}
+	doc.WriteString(`kind: Backend
+name: heavy
+type: heavy
+timeout: 10m
+actions:
+  save: |
+    case {{ .name }} in
+      big) head -c 104857600 /dev/zero | tr '\0' x ;;
+      stuck) sleep 100000 ;;
+    esac
+---
+kind: Route
+backend: heavy
+server: big
+match: resource.name == "big"
+async: true
+---
+kind: Route
+backend: heavy
+server: stuck
+match: resource.name == "stuck"
+async: true
+---
+kind: Backend
+name: quick
+type: quick
+actions:
+  save: echo {{ .name }}
+`)
+	for _, s := range []string{"o1", "o2", "o3"} {
+		fmt.Fprintf(&doc, "---\nkind: Route\nbackend: quick\nserver: %s\n", s)
+	}
+	if out, errOut, code := p.applyDoc(t, dir, doc.String()); code != 0 {
+		t.Fatalf("apply exited %d: %s%s", code, out, errOut)
+	}
+	// Twenty units of work on the three other servers, each waited for.
+	units := func(prefix string) time.Duration {
+		t0 := time.Now()
+		for i := range 20 {
+			out, errOut, code := p.applyDoc(t, dir, fmt.Sprintf("kind: Resource\ntype: quick\nname: %s%d\nattrs: {}\n", prefix, i))
+			if code != 0 {
+				t.Fatalf("unit %s%d exited %d: %s%s", prefix, i, code, out, errOut)
+			}
+		}
+		return time.Since(t0)
+	}
+	quiet := units("before")
+
+	p.applyText(t, dir, "kind: Resource\ntype: heavy\nname: big\nattrs: {}\n---\nkind: Resource\ntype: heavy\nname: stuck\nattrs: {}\n")
+	state := func(server string) string {
+		out, _, _ := p.cli(t, dir, "scripts", "--server", server, "-o", "json")
+		var items []struct{ State string }
+		if json.Unmarshal([]byte(out), &items) != nil || len(items) == 0 {
+			return ""
+		}
+		return items[0].State
+	}
+	for deadline := time.Now().Add(60 * time.Second); state("stuck") != "STARTED" || state("big") == "" || state("big") == "RECEIVED"; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the heavy scripts did not start: big %q, stuck %q", state("big"), state("stuck"))
+		}
+	}
+	busy := units("during")
+	if s := state("stuck"); s != "STARTED" {
+		t.Errorf("the endless script is %s, want STARTED while the others ran", s)
+	}
+	t.Logf("twenty units on three servers: %s quiet, %s beside 100 MB of output and an endless script", quiet, busy)
+
+	// The 100 MB: whole in the bucket, the log's chunks cut short.
+	var big struct {
+		State       string
+		StdoutBytes int64 `json:"stdout_bytes"`
+		Truncated   bool
+		Object      string
+	}
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		out, _, _ := p.cli(t, dir, "scripts", "--server", "big", "-o", "json")
+		var items []json.RawMessage
+		if json.Unmarshal([]byte(out), &items) == nil && len(items) == 1 {
+			_ = json.Unmarshal(items[0], &big)
+		}
+		if big.State == "SUCCESS" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the 100 MB script is %q after 3 minutes", big.State)
+		}
+	}
+	if big.StdoutBytes != 100<<20 || !big.Truncated || big.Object == "" {
+		t.Errorf("the 100 MB script's log: %+v; want 104857600 bytes counted, chunks truncated, the whole in an object", big)
+	}
+}
