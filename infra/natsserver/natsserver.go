@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -30,8 +31,20 @@ type Config struct {
 	ServerName string
 	// Auth checks every connection when set (natsauth.Authority); without
 	// it the server trusts every client.
-	Auth   server.Authentication
-	Logger *slog.Logger
+	Auth server.Authentication
+	// Cluster, when set, makes the server a node of a NATS cluster: it
+	// listens for routes on Cluster.Listen and connects to Cluster.Routes
+	// (nats-route://host:port, the other nodes). A clustered node needs
+	// Listen, and ServerName unique in the cluster.
+	Cluster *Cluster
+	Logger  *slog.Logger
+}
+
+// Cluster is a node's part of a NATS cluster.
+type Cluster struct {
+	Name   string
+	Listen string   // host:port for routes
+	Routes []string // the other nodes' route URLs
 }
 
 func (c *Config) setDefaults() {
@@ -52,6 +65,17 @@ func (c Config) Validate() error {
 	if c.Listen != "" {
 		if _, _, err := splitListen(c.Listen); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if c.Cluster != nil {
+		if c.Listen == "" {
+			errs = append(errs, errors.New("natsserver: a cluster node needs Listen (a clustered server cannot skip listening)"))
+		}
+		if c.Cluster.Name == "" {
+			errs = append(errs, errors.New("natsserver: Cluster.Name is required"))
+		}
+		if _, _, err := splitListen(c.Cluster.Listen); err != nil {
+			errs = append(errs, fmt.Errorf("natsserver: Cluster.Listen: %w", err))
 		}
 	}
 	return errors.Join(errs...)
@@ -88,6 +112,17 @@ func Start(cfg Config) (*Server, error) {
 			return nil, err
 		}
 		opts.Host, opts.Port = host, port
+	}
+	if cfg.Cluster != nil {
+		host, port, _ := splitListen(cfg.Cluster.Listen) // checked by Validate
+		opts.Cluster.Name, opts.Cluster.Host, opts.Cluster.Port = cfg.Cluster.Name, host, port
+		for _, r := range cfg.Cluster.Routes {
+			u, err := url.Parse(r)
+			if err != nil {
+				return nil, fmt.Errorf("natsserver: route %q: %w", r, err)
+			}
+			opts.Routes = append(opts.Routes, u)
+		}
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
