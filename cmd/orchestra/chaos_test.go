@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/orchestra-fleet/orchestra/infra/natsserver"
+	"github.com/orchestra-fleet/orchestra/infra/natstest"
 )
 
 // TestChaosHeavyScriptsDoNotBlockOthers: a script writing 100 MB of
@@ -116,5 +119,78 @@ actions:
 	}
 	if big.StdoutBytes != 100<<20 || !big.Truncated || big.Object == "" {
 		t.Errorf("the 100 MB script's log: %+v; want 104857600 bytes counted, chunks truncated, the whole in an object", big)
+	}
+}
+
+// TestChaosActiveProcessKilled: two orchestra up share one NATS server;
+// one is the active planner and site runner, the other waits. Changes
+// written to either are planned and run. The active one is killed with
+// SIGKILL: the other takes over within the lease's time, and changes and
+// site runs go on.
+func TestChaosActiveProcessKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two processes and a lease expiry")
+	}
+	env := natstest.StartAt(t, natsserver.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	work := t.TempDir()
+	p1 := startUp(t, "--data", filepath.Join(work, ".orchestra"), "--nats", env.Server.ClientURL())
+	p1.waitReady(t)
+	p2 := startUp(t, "--data", t.TempDir(), "--nats", env.Server.ClientURL())
+	p2.waitReady(t)
+	activeOf := func(ps ...*process) *process {
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			for _, p := range ps {
+				if p.logged("this process is the active one") {
+					return p
+				}
+			}
+		}
+		t.Fatal("no process became the active one")
+		return nil
+	}
+	active := activeOf(p1, p2)
+	passive := p2
+	if active == p2 {
+		passive = p1
+	}
+	if passive.logged("this process is the active one") {
+		t.Fatal("both processes are active")
+	}
+	doc := `kind: Server
+name: box
+address: 127.0.0.1
+method: local
+---
+kind: Backend
+name: echo
+type: job
+actions:
+  save: echo {{ .name }}
+---
+kind: Route
+backend: echo
+server: box
+---
+kind: Site
+name: s
+services:
+  - {name: a, rank: 1, servers: [box], start: "true"}
+`
+	// A change written to the waiting process is planned by the active one.
+	if out, errOut, code := passive.applyDoc(t, work, doc+"---\nkind: Resource\ntype: job\nname: before\nattrs: {}\n"); code != 0 {
+		t.Fatalf("apply through the waiting process exited %d: %s%s", code, out, errOut)
+	}
+	if err := active.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-active.exited
+	t0 := time.Now()
+	activeOf(passive)
+	t.Logf("the waiting process took over %s after the active one was killed", time.Since(t0).Round(time.Millisecond))
+	if out, errOut, code := passive.applyDoc(t, work, "kind: Resource\ntype: job\nname: after\nattrs: {}\n"); code != 0 {
+		t.Fatalf("apply after the take-over exited %d: %s%s", code, out, errOut)
+	}
+	if v, code, errOut := passive.siteRun(t, work, "start", "s"); code != 0 || v.State != "SUCCESS" {
+		t.Fatalf("a site run after the take-over exited %d: %s %s", code, v.State, errOut)
 	}
 }

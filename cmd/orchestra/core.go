@@ -19,6 +19,7 @@ import (
 	"github.com/orchestra-fleet/orchestra/gateway"
 	"github.com/orchestra-fleet/orchestra/infra/eventstore"
 	"github.com/orchestra-fleet/orchestra/infra/files"
+	"github.com/orchestra-fleet/orchestra/infra/lease"
 	"github.com/orchestra-fleet/orchestra/infra/notify"
 	"github.com/orchestra-fleet/orchestra/infra/planbus"
 	"github.com/orchestra-fleet/orchestra/infra/readmodel"
@@ -26,6 +27,7 @@ import (
 	"github.com/orchestra-fleet/orchestra/infra/secrets"
 	"github.com/orchestra-fleet/orchestra/infra/siterunner"
 	"github.com/orchestra-fleet/orchestra/infra/sqlite"
+	"github.com/orchestra-fleet/orchestra/infra/streams"
 	"github.com/orchestra-fleet/orchestra/infra/wmjet"
 	"github.com/orchestra-fleet/orchestra/projections"
 	"github.com/orchestra-fleet/orchestra/services"
@@ -55,6 +57,7 @@ type core struct {
 	ssh        *executor.SSH
 	supervisor *executor.Supervisor
 	runner     *services.Runner
+	lease      *lease.Lease // makes one of several processes the planner and site runner
 	notifier   *notify.Notifier
 	js         jetstream.JetStream
 	nc         *nats.Conn
@@ -143,7 +146,13 @@ func startCore(ctx context.Context, js jetstream.JetStream, dataDir string, db *
 		return nil, err
 	}
 	gw.Service, gw.Rows, gw.Model, gw.Planner, gw.Idempotency, gw.Logger = svc, model, model, planner, db, log
-	gw.Scripts, gw.Results = bus, planbus.Results{Bus: bus, Planner: c.dispatcher}
+	gw.Scripts, gw.Results = bus, planbus.Results{Bus: bus, Planner: planbus.ActivePlanner{Local: c.dispatcher, Bus: bus}}
+	kv, err := js.KeyValue(ctx, streams.LeaseBucket)
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", streams.LeaseBucket, err)
+	}
+	host, _ := os.Hostname()
+	c.lease = lease.New(kv, "active", host+":"+dataDir, streams.LeaseTTL, log.With("component", "lease"))
 	gw.Logs, gw.Feed, gw.Replays = readmodel.ResultsView{Model: results, Bus: bus}, bus, c.replays
 	h, err := gateway.NewHandler(gw)
 	if err != nil {
@@ -162,7 +171,12 @@ func (c *core) run(ctx context.Context) error {
 	defer c.supervisor.StopAll() // after the executor, which may still start one
 	execute := func(ctx context.Context) error { return c.executor.Run(ctx, c.fleet) }
 	syncs := func(ctx context.Context) error { return serveAgentSyncs(ctx, c.nc, c.svc, c.fleet, c.log) }
-	runs := []func(context.Context) error{c.model.Run, c.results.Run, c.prune, c.dispatcher.Run, execute, syncs, c.control, c.notifier.Run}
+	// The planner and the site runner run in one process of those that
+	// share the NATS system: the holder of the lease.
+	active := func(ctx context.Context) error {
+		return c.lease.Run(ctx, func(ctx context.Context) error { return together(ctx, c.dispatcher.Run, c.control) })
+	}
+	runs := []func(context.Context) error{c.model.Run, c.results.Run, c.prune, active, execute, syncs, c.notifier.Run}
 	errs := make(chan error, len(runs))
 	for _, run := range runs {
 		go func() {
@@ -172,6 +186,27 @@ func (c *core) run(ctx context.Context) error {
 	}
 	var first error
 	for range runs {
+		if err := <-errs; first == nil && err != nil && !errors.Is(err, context.Canceled) {
+			first = err
+		}
+	}
+	return first
+}
+
+// together runs fns until ctx ends or one fails; the first failure stops
+// the others and is returned.
+func together(ctx context.Context, fns ...func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(fns))
+	for _, fn := range fns {
+		go func() {
+			errs <- fn(ctx)
+			cancel()
+		}()
+	}
+	var first error
+	for range fns {
 		if err := <-errs; first == nil && err != nil && !errors.Is(err, context.Canceled) {
 			first = err
 		}

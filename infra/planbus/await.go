@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,6 +17,35 @@ import (
 // Progress is how far the planner has got (projections.Dispatcher).
 type Progress interface {
 	WaitFor(ctx context.Context, seq uint64) error
+}
+
+// ActivePlanner is the progress of whichever process plans: this one's
+// planner, or, while another process is the active one, the mark it
+// publishes.
+type ActivePlanner struct {
+	Local Progress
+	Bus   *Bus
+}
+
+// WaitFor implements Progress: it returns once the local planner or the
+// shared mark has reached seq.
+func (a ActivePlanner) WaitFor(ctx context.Context, seq uint64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	local := make(chan error, 1)
+	go func() { local <- a.Local.WaitFor(ctx, seq) }()
+	for {
+		if m, err := a.Bus.Marked(ctx); err == nil && m >= seq {
+			return nil
+		}
+		select {
+		case err := <-local:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // Results implements gateway.Results on the planner's unit records and the

@@ -80,6 +80,20 @@ func (b *Bus) Mark(ctx context.Context) (uint64, error) {
 	return seq, nil
 }
 
+// Marked is how far the active planner, in whichever process, has
+// published: the mark as stored, read without taking part in its
+// compare-and-set.
+func (b *Bus) Marked(ctx context.Context) (uint64, error) {
+	e, err := b.kv.Get(ctx, markKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read the planner's mark: %w", err)
+	}
+	return strconv.ParseUint(string(e.Value()), 10, 64)
+}
+
 // SetMark implements projections.Outbox with a compare-and-set on the
 // mark's revision.
 func (b *Bus) SetMark(ctx context.Context, seq uint64) error {

@@ -96,6 +96,14 @@ func Configs(c Config) ([]jetstream.StreamConfig, error) {
 	}, nil
 }
 
+// LeaseBucket holds the leases that make one of several `orchestra up`
+// the active planner and site runner; an entry expires LeaseTTL after its
+// last renewal.
+const (
+	LeaseBucket = "orchestra-leases"
+	LeaseTTL    = 10 * time.Second
+)
+
 // PlannerBucket is the key-value bucket where the planner keeps how far it
 // has published, shared by every process that may plan.
 const PlannerBucket = "orchestra-planner"
@@ -133,6 +141,12 @@ func Provision(ctx context.Context, js jetstream.JetStream, c Config) error {
 		Storage: jetstream.FileStorage, Replicas: c.Replicas, History: 1,
 	}); err != nil {
 		return fmt.Errorf("provision bucket %s: %w", PlannerBucket, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: LeaseBucket, Description: "Which orchestra up is the active planner and site runner",
+		Storage: jetstream.FileStorage, Replicas: c.Replicas, History: 1, TTL: LeaseTTL,
+	}); err != nil {
+		return fmt.Errorf("provision bucket %s: %w", LeaseBucket, err)
 	}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: events.OutputBucket, Description: "Whole outputs of scripts that outgrew their chunks on RESULTS",
