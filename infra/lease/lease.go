@@ -127,5 +127,12 @@ func (l *Lease) renew(ctx context.Context, rev uint64, lost context.CancelCauseF
 func (l *Lease) release(rev uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_ = l.kv.Delete(ctx, l.key, jetstream.LastRevision(rev))
+	if l.kv.Delete(ctx, l.key, jetstream.LastRevision(rev)) == nil {
+		return
+	}
+	// A renewal cut short may have landed: delete the key if it is still
+	// this holder's.
+	if e, err := l.kv.Get(ctx, l.key); err == nil && string(e.Value()) == l.holder {
+		_ = l.kv.Delete(ctx, l.key, jetstream.LastRevision(e.Revision()))
+	}
 }
