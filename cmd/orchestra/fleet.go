@@ -171,6 +171,17 @@ func loadFleet() (*fleetdir.Fleet, map[string]int, error) {
 	return f, scale, nil
 }
 
+// loadChosen reads the folder's services, the scales set on it, and those
+// of its services that names name (all of them for none).
+func loadChosen(names []string) (*fleetdir.Fleet, map[string]int, []fleetdir.Service, error) {
+	f, scale, err := loadFleet()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	svcs, err := chosen(f, names)
+	return f, scale, svcs, err
+}
+
 // chosen checks names are services of f; none means all.
 func chosen(f *fleetdir.Fleet, names []string) ([]fleetdir.Service, error) {
 	if len(names) == 0 {
@@ -315,11 +326,7 @@ func newFleetCommands() []*cobra.Command {
 		Use:   "start [SERVICE…]",
 		Short: "In a fleet folder: build and start the services in rank order (all without SERVICE)",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			f, scale, err := loadFleet()
-			if err != nil {
-				return err
-			}
-			svcs, err := chosen(f, args)
+			f, scale, svcs, err := loadChosen(args)
 			if err != nil {
 				return err
 			}
@@ -369,11 +376,7 @@ func newFleetCommands() []*cobra.Command {
 			Use:   use + " [SERVICE…]",
 			Short: short,
 			RunE: func(cmd *cobra.Command, args []string) error {
-				f, scale, err := loadFleet()
-				if err != nil {
-					return err
-				}
-				svcs, err := chosen(f, args)
+				f, scale, svcs, err := loadChosen(args)
 				if err != nil {
 					return err
 				}
@@ -440,11 +443,7 @@ func newFleetCommands() []*cobra.Command {
 		Use:   "test [SERVICE…]",
 		Short: "In a fleet folder: run each service's tests, then a summary; exit 1 when one fails",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			f, _, err := loadFleet()
-			if err != nil {
-				return err
-			}
-			svcs, err := chosen(f, args)
+			_, _, svcs, err := loadChosen(args)
 			if err != nil {
 				return err
 			}
@@ -540,11 +539,7 @@ func saveScale(scale map[string]int) error {
 // their log files, each line prefixed with service#instance; with follow
 // it goes on as lines are written, instances that start later included.
 func fleetLogs(ctx context.Context, w io.Writer, args []string, follow, color bool) error {
-	f, _, err := loadFleet()
-	if err != nil {
-		return err
-	}
-	svcs, err := chosen(f, args)
+	_, _, svcs, err := loadChosen(args)
 	if err != nil {
 		return err
 	}

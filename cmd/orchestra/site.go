@@ -236,23 +236,15 @@ func newRunCommand() *cobra.Command {
 		Short: "Show a run's phases and steps",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := newClient()
-			if err != nil {
-				return err
-			}
 			var v projections.RunView
-			if err := c.do(cmd.Context(), "GET", "/v1/runs/"+url.PathEscape(args[0]), nil, &v); err != nil {
-				return err
-			}
-			if output == "json" {
-				return printJSON(cmd.OutOrStdout(), v)
-			}
-			view := progressView{w: cmd.OutOrStdout(), tty: true}
-			view.show(v)
-			return nil
+			return showDocument(cmd, output, "/v1/runs/"+url.PathEscape(args[0]), &v, func(w io.Writer) error {
+				view := progressView{w: w, tty: true}
+				view.show(v)
+				return nil
+			})
 		},
 	}
-	show.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	show.Flags().StringVarP(&output, "output", "o", "table", "table, json or yaml")
 	var site string
 	list := &cobra.Command{
 		Use:   "list",
