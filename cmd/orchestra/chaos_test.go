@@ -37,7 +37,7 @@ actions:
   save: |
     case {{ .name }} in
       big) head -c 104857600 /dev/zero | tr '\0' x ;;
-      stuck) sleep 100000 ;;
+      stuck) exec sleep 100000 ;;
     esac
 ---
 kind: Route
@@ -120,6 +120,8 @@ actions:
 	if big.StdoutBytes != 100<<20 || !big.Truncated || big.Object == "" {
 		t.Errorf("the 100 MB script's log: %+v; want 104857600 bytes counted, chunks truncated, the whole in an object", big)
 	}
+	// A graceful stop kills the endless script's process group.
+	p.stop(t)
 }
 
 // TestChaosActiveProcessKilled: two orchestra up share one NATS server;
