@@ -284,6 +284,22 @@ func (b *stepBus) Revoke(_ context.Context, _ *events.RunRequested, steps []even
 	return nil
 }
 
+// startRun requests req and starts a runner on a recording step bus, which
+// sends the run's first phase.
+func startRun(t *testing.T, h *harness, req services.RunRequest) (uuid.UUID, *stepBus, *services.Runner) {
+	t.Helper()
+	res, err := h.svc.RequestRun(context.Background(), operator, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bus := &stepBus{ended: map[uuid.UUID]events.ScriptFinished{}}
+	r := services.NewRunner(h.svc, bus, discard)
+	if err := r.Resume(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return uuid.MustParse(res.Run), bus, r
+}
+
 // finish ends every step of the last phase sent, exit code by fail.
 func (b *stepBus) finish(t *testing.T, r *services.Runner, run uuid.UUID, fail func(events.RunStep) bool) {
 	t.Helper()
@@ -314,16 +330,7 @@ func TestRollingLeavesFailedInstancesOut(t *testing.T) {
 	 {"name":"api","selector":{"role":"app"},"start":"s","stop":"t","status":"u"}]}`
 	siteFleet(t, h, 4, site)
 	ctx := context.Background()
-	res, err := h.svc.RequestRun(ctx, operator, services.RunRequest{Site: "roll", Command: "update"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run := uuid.MustParse(res.Run)
-	bus := &stepBus{ended: map[uuid.UUID]events.ScriptFinished{}}
-	r := services.NewRunner(h.svc, bus, discard)
-	if err := r.Resume(ctx); err != nil {
-		t.Fatal(err)
-	}
+	run, bus, r := startRun(t, h, services.RunRequest{Site: "roll", Command: "update"})
 	never := func(events.RunStep) bool { return false }
 	// Batch 1 (s1, s2): s2's stop fails; s2 is left out of start and status.
 	bus.finish(t, r, run, func(st events.RunStep) bool { return st.Server == "s2" })
@@ -361,16 +368,7 @@ func TestCancelRevokesQueuedSteps(t *testing.T) {
 	h := newHarness(t)
 	siteFleet(t, h, 2, threeTiers)
 	ctx := context.Background()
-	res, err := h.svc.RequestRun(ctx, operator, services.RunRequest{Site: "shop", Command: "start"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run := uuid.MustParse(res.Run)
-	bus := &stepBus{ended: map[uuid.UUID]events.ScriptFinished{}}
-	r := services.NewRunner(h.svc, bus, discard)
-	if err := r.Resume(ctx); err != nil {
-		t.Fatal(err)
-	}
+	run, bus, r := startRun(t, h, services.RunRequest{Site: "shop", Command: "start"})
 	bus.finish(t, r, run, func(events.RunStep) bool { return false }) // rank 1
 	if _, err := h.svc.CancelRun(ctx, operator, run); err != nil {
 		t.Fatal(err)
@@ -401,16 +399,7 @@ func TestCancelWhileAPhaseEnds(t *testing.T) {
 	h := newHarness(t)
 	siteFleet(t, h, 1, threeTiers)
 	ctx := context.Background()
-	res, err := h.svc.RequestRun(ctx, operator, services.RunRequest{Site: "shop", Command: "start"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run := uuid.MustParse(res.Run)
-	bus := &stepBus{ended: map[uuid.UUID]events.ScriptFinished{}}
-	r := services.NewRunner(h.svc, bus, discard)
-	if err := r.Resume(ctx); err != nil {
-		t.Fatal(err)
-	}
+	run, bus, _ := startRun(t, h, services.RunRequest{Site: "shop", Command: "start"})
 	// Rank 1 ran and ended, but this runner never heard: it stops.
 	for _, st := range bus.sent[0] {
 		bus.ended[st.Script] = events.ScriptFinished{ID: st.Script, Unit: run, Server: st.Server, Attempt: 1, State: events.StateSuccess}

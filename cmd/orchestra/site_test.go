@@ -58,6 +58,20 @@ func stamps(t *testing.T, dir, command string) map[string][][2]int64 {
 	return out
 }
 
+// siteRig is a folder with a marks folder for stamp, and an orchestra up
+// keeping its data in the folder.
+func siteRig(t *testing.T, args ...string) (dir, marks string, p *process) {
+	t.Helper()
+	dir = t.TempDir()
+	marks = filepath.Join(dir, "marks")
+	if err := os.Mkdir(marks, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p = startUp(t, append([]string{"--data", filepath.Join(dir, ".orchestra"), "--nats-listen", "127.0.0.1:0"}, args...)...)
+	p.waitReady(t)
+	return dir, marks, p
+}
+
 // siteRun runs `orchestra site ARGS -o json` and returns the run's view
 // at its end and the exit status.
 func (p *process) siteRun(t *testing.T, dir string, args ...string) (projections.RunView, int, string) {
@@ -100,13 +114,7 @@ func ordered(t *testing.T, spans map[string][][2]int64, order []string, perServi
 // of rank n ended, as the commands' own timestamps show. --service limits
 // a run to one service; a dry run runs nothing.
 func TestSiteStartStopInRankOrder(t *testing.T) {
-	dir := t.TempDir()
-	marks := filepath.Join(dir, "marks")
-	if err := os.Mkdir(marks, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	p := startUp(t, "--data", filepath.Join(dir, ".orchestra"), "--nats-listen", "127.0.0.1:0")
-	p.waitReady(t)
+	dir, marks, p := siteRig(t)
 	var doc strings.Builder
 	doc.WriteString(siteServers(4))
 	doc.WriteString("kind: Site\nname: tiers\nservices:\n")
@@ -172,13 +180,7 @@ func TestSiteStartStopInRankOrder(t *testing.T) {
 // and shows REVOKED; with it rank 3 runs and the run still ends FAILURE.
 // Either way the CLI exits 1.
 func TestSiteKeepgoingAndStopAtFailure(t *testing.T) {
-	dir := t.TempDir()
-	marks := filepath.Join(dir, "marks")
-	if err := os.Mkdir(marks, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	p := startUp(t, "--data", filepath.Join(dir, ".orchestra"), "--nats-listen", "127.0.0.1:0")
-	p.waitReady(t)
+	dir, marks, p := siteRig(t)
 	ok := stamp(marks, 0)
 	doc := siteServers(2) + fmt.Sprintf(`kind: Site
 name: shaky
@@ -499,13 +501,7 @@ services:
 // per-server queue as the model's scripts, so a step sent while a model
 // script runs on its server starts only once that script has ended.
 func TestSiteStepsQueueBehindModelScripts(t *testing.T) {
-	dir := t.TempDir()
-	marks := filepath.Join(dir, "marks")
-	if err := os.Mkdir(marks, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	p := startUp(t, "--data", filepath.Join(dir, ".orchestra"), "--nats-listen", "127.0.0.1:0")
-	p.waitReady(t)
+	dir, marks, p := siteRig(t)
 	doc := siteServers(1) + fmt.Sprintf(`kind: Backend
 name: slow
 type: job
