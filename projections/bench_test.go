@@ -130,15 +130,8 @@ func BenchmarkPlanLatency(b *testing.B) {
 		d.wait(b, res.Sequence)
 		ours = append(ours, time.Since(t0))
 	}
-	for _, q := range []struct {
-		name string
-		at   float64
-	}{{"p50", 0.50}, {"p99", 0.99}} {
-		rq, oq := benchpair.Quantile(raw, q.at), benchpair.Quantile(ours, q.at)
-		b.ReportMetric(float64(oq.Microseconds()), "orchestra-µs-"+q.name)
-		b.ReportMetric(float64(rq.Microseconds()), "raw-µs-"+q.name)
-		b.ReportMetric(100*float64(rq)/float64(oq), "%raw-"+q.name)
-	}
+	benchpair.ReportQuantiles(b, "orchestra", ours)
+	benchpair.ReportQuantiles(b, "raw", raw)
 }
 
 func resource(b *testing.B, n int) services.Object {

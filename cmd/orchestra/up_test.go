@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -32,6 +33,13 @@ var binary string
 
 // TestMain builds the real binary once; the tests run it as operators do.
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(rawEnv); dir != "" {
+		if err := rawProcess(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "raw process:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	dir, err := os.MkdirTemp("", "orchestra-bin")
 	if err != nil {
 		panic(err)
@@ -67,7 +75,7 @@ func (p *process) logged(s string) bool {
 }
 
 // startUp runs `orchestra up` with args and waits for its startup line.
-func startUp(t *testing.T, args ...string) *process {
+func startUp(t testing.TB, args ...string) *process {
 	t.Helper()
 	args = append([]string{"up", "--http", "127.0.0.1:0", "--log-format", "json"}, args...)
 	cmd := exec.Command(binary, args...)
@@ -121,7 +129,7 @@ func startUp(t *testing.T, args ...string) *process {
 	return p
 }
 
-func (p *process) get(t *testing.T, path string) (int, string) {
+func (p *process) get(t testing.TB, path string) (int, string) {
 	t.Helper()
 	req, err := http.NewRequest("GET", p.http+path, nil)
 	if err != nil {
@@ -139,7 +147,7 @@ func (p *process) get(t *testing.T, path string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-func (p *process) waitReady(t *testing.T) {
+func (p *process) waitReady(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
@@ -153,20 +161,20 @@ func (p *process) waitReady(t *testing.T) {
 
 // stop sends SIGTERM and checks the process exits cleanly within the 5 s
 // graceful-stop contract, logging each component it stops.
-func (p *process) stop(t *testing.T, components ...string) {
+func (p *process) stop(t testing.TB, components ...string) {
 	t.Helper()
 	p.signal(t, syscall.SIGTERM)
 	p.waitStopped(t, components...)
 }
 
-func (p *process) signal(t *testing.T, sig os.Signal) {
+func (p *process) signal(t testing.TB, sig os.Signal) {
 	t.Helper()
 	if err := p.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func (p *process) waitStopped(t *testing.T, components ...string) {
+func (p *process) waitStopped(t testing.TB, components ...string) {
 	t.Helper()
 	select {
 	case err := <-p.exited:
@@ -185,7 +193,7 @@ func (p *process) waitStopped(t *testing.T, components ...string) {
 }
 
 // adminToken reads the token the first `up` wrote, checking it is private.
-func adminToken(t *testing.T, dataDir string) string {
+func adminToken(t testing.TB, dataDir string) string {
 	t.Helper()
 	path := filepath.Join(dataDir, "admin.token")
 	info, err := os.Stat(path)
@@ -204,7 +212,7 @@ func adminToken(t *testing.T, dataDir string) string {
 
 // connect connects to the NATS server of p as an operator (with the
 // password in its data directory when it embeds the server).
-func connect(t *testing.T, p *process) (*eventstore.Store, jetstream.JetStream) {
+func connect(t testing.TB, p *process) (*eventstore.Store, jetstream.JetStream) {
 	t.Helper()
 	var opts []nats.Option
 	if pw, err := os.ReadFile(filepath.Join(p.data, natsauth.PasswordFile)); err == nil {

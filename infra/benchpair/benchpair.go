@@ -53,3 +53,15 @@ func Quantile(ds []time.Duration, q float64) time.Duration {
 	slices.Sort(s)
 	return s[min(len(s)-1, int(q*float64(len(s))))]
 }
+
+// Millis is the q-quantile of ds in milliseconds.
+func Millis(ds []time.Duration, q float64) float64 {
+	return float64(Quantile(ds, q).Nanoseconds()) / 1e6
+}
+
+// ReportQuantiles reports the median and the 99th percentile of ds, in
+// milliseconds, as the metrics name-p50-ms and name-p99-ms.
+func ReportQuantiles(b *testing.B, name string, ds []time.Duration) {
+	b.ReportMetric(Millis(ds, .5), name+"-p50-ms")
+	b.ReportMetric(Millis(ds, .99), name+"-p99-ms")
+}

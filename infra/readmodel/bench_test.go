@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -16,26 +14,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/infra/benchlogs"
 	"github.com/orchestra-fleet/orchestra/infra/benchpair"
 	"github.com/orchestra-fleet/orchestra/infra/natstest"
 	"github.com/orchestra-fleet/orchestra/infra/planbus"
 	"github.com/orchestra-fleet/orchestra/infra/sqlite"
 	"github.com/orchestra-fleet/orchestra/projections"
 )
-
-// scriptResults returns the results of one script's run: planned,
-// started, two chunks of output, finished.
-func scriptResults(unit uuid.UUID, server, backend string, at time.Time, state string) (uuid.UUID, []events.Result) {
-	id := events.ScriptID(unit, server, backend)
-	return id, []events.Result{
-		&events.ScriptPlanned{ID: id, Unit: unit, Server: server, Backend: backend, State: events.StateReceived, Script: "echo ****\n", Time: at,
-			Operations: []events.OperationRef{{Backend: backend, Action: "save", Type: "site", Name: "s" + id.String()[:4]}}},
-		&events.ScriptStarted{ID: id, Unit: unit, Server: server, Backend: backend, Attempt: 1, Executor: "local on bench", Time: at},
-		&events.ScriptOutput{ID: id, Attempt: 1, Stream: events.Stdout, Data: []byte("reloading the site\n")},
-		&events.ScriptOutput{ID: id, Attempt: 1, Stream: events.Stderr, Data: []byte("warning: nothing\n")},
-		&events.ScriptFinished{ID: id, Unit: unit, Server: server, Backend: backend, Attempt: 1, State: state, Started: at, Time: at, Stdout: 19, Stderr: 17},
-	}
-}
 
 // publishAsync publishes results onto RESULTS without waiting for each
 // acknowledgement.
@@ -72,7 +57,7 @@ func BenchmarkResultsReplay(b *testing.B) {
 	}
 	at := time.Now().UTC()
 	for i := range scripts {
-		_, rs := scriptResults(uuid.New(), fmt.Sprint("web", i%50), "vhost", at, events.StateSuccess)
+		_, rs := benchlogs.Script(uuid.New(), fmt.Sprint("web", i%50), "vhost", at, events.StateSuccess)
 		publishAsync(b, env.JS, fmt.Sprint("web", i%50), rs)
 	}
 	waitAcks(b, env.JS)
@@ -145,17 +130,10 @@ func BenchmarkResultsReplay(b *testing.B) {
 // page of 100 rows by the table's own key. The read model is built once in
 // the user's cache directory and reused by later runs.
 func BenchmarkScriptsQuery(b *testing.B) {
-	logs := 1_000_000
-	if s := os.Getenv("ORCHESTRA_BENCH_LOGS"); s != "" {
-		var err error
-		if logs, err = strconv.Atoi(s); err != nil {
-			b.Fatal(err)
-		}
-	}
-	db := benchLogs(b, logs)
+	logs := benchlogs.Count(b)
+	db, _ := benchlogs.Open(b, logs)
 	ctx := context.Background()
 	rnd := rand.New(rand.NewPCG(1, 2))
-	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	filters := []struct {
 		name string
 		f    func() projections.ScriptFilter
@@ -174,7 +152,7 @@ func BenchmarkScriptsQuery(b *testing.B) {
 			return projections.ScriptFilter{Server: fmt.Sprint("web", rnd.IntN(100)), Before: uint64(1 + rnd.IntN(2*logs))}
 		}},
 		{"time range", func() projections.ScriptFilter {
-			since := at.Add(time.Duration(rnd.IntN(logs)) * time.Second)
+			since := benchlogs.Start.Add(time.Duration(rnd.IntN(logs)) * time.Second)
 			return projections.ScriptFilter{Since: since, Until: since.Add(time.Hour)}
 		}},
 	}
@@ -196,68 +174,11 @@ func BenchmarkScriptsQuery(b *testing.B) {
 		worst[q.name] = append(worst[q.name], t1.Sub(t0))
 	}
 	b.StopTimer()
-	ms := func(ds []time.Duration, f float64) float64 {
-		return float64(benchpair.Quantile(ds, f).Microseconds()) / 1000
-	}
-	b.ReportMetric(ms(ours, .5), "filtered-p50-ms")
-	b.ReportMetric(ms(ours, .99), "filtered-p99-ms")
-	b.ReportMetric(ms(raw, .5), "raw-p50-ms")
-	b.ReportMetric(ms(raw, .99), "raw-p99-ms")
+	benchpair.ReportQuantiles(b, "filtered", ours)
+	benchpair.ReportQuantiles(b, "raw", raw)
 	for name, ds := range worst {
-		b.Logf("%-20s p50 %6.2f ms  p99 %6.2f ms", name, ms(ds, .5), ms(ds, .99))
+		b.Logf("%-20s p50 %6.2f ms  p99 %6.2f ms", name, benchpair.Millis(ds, .5), benchpair.Millis(ds, .99))
 	}
-}
-
-// benchLogs returns a read model of n script logs over 100 servers, a
-// tenth failed and a twentieth timed out, made once and kept in the user's
-// cache directory.
-func benchLogs(b *testing.B, n int) *sqlite.DB {
-	b.Helper()
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	// The name changes with the results tables' layout (updated: when the
-	// latest result was stored).
-	path := filepath.Join(cache, "orchestra-bench", fmt.Sprintf("scripts-%d-updated.db", n))
-	db, err := sqlite.Open(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { db.Close() })
-	ctx := context.Background()
-	cp, err := db.Checkpoint(ctx, projections.ResultsName)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if cp >= uint64(2*n) {
-		return db
-	}
-	b.Logf("building %d script logs in %s (once)", n, path)
-	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	seq := cp
-	batch := make([]projections.ResultEnvelope, 0, 5000)
-	for i := int(cp / 2); i < n; i++ {
-		state := events.StateSuccess
-		switch {
-		case i%10 == 0:
-			state = events.StateFailure
-		case i%20 == 1:
-			state = events.StateTimeout
-		}
-		_, rs := scriptResults(uuid.New(), fmt.Sprint("web", i%100), []string{"vhost", "mail", "db"}[i%3], at.Add(time.Duration(i)*time.Second), state)
-		for _, r := range []events.Result{rs[0], rs[4]} { // planned and finished
-			seq++
-			batch = append(batch, projections.ResultEnvelope{Sequence: seq, Result: r})
-		}
-		if len(batch) == cap(batch) || i == n-1 {
-			if err := db.CommitResults(ctx, seq, batch); err != nil {
-				b.Fatal(err)
-			}
-			batch = batch[:0]
-		}
-	}
-	return db
 }
 
 // BenchmarkResultVisible: a result published until a read of the read
@@ -326,9 +247,6 @@ func BenchmarkResultVisible(b *testing.B) {
 		time.Sleep(projections.MinCommitInterval) // one at a time, as a quiet system sees them
 	}
 	b.StopTimer()
-	q := func(ds []time.Duration, f float64) float64 { return float64(benchpair.Quantile(ds, f).Microseconds()) }
-	b.ReportMetric(q(ours, .5), "visible-p50-µs")
-	b.ReportMetric(q(ours, .99), "visible-p99-µs")
-	b.ReportMetric(q(raw, .5), "raw-p50-µs")
-	b.ReportMetric(q(raw, .99), "raw-p99-µs")
+	benchpair.ReportQuantiles(b, "visible", ours)
+	benchpair.ReportQuantiles(b, "raw", raw)
 }
