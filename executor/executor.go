@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/orchestra-fleet/orchestra/events"
+	"github.com/orchestra-fleet/orchestra/infra/streams"
 )
 
 // Defaults of Config.
@@ -273,6 +274,7 @@ func (e *Executor) serve(ctx context.Context, name string, lookup func() (events
 		return fmt.Errorf("consumer %s: %w", cfg.Durable, err)
 	}
 	ackWait := cons.CachedInfo().Config.AckWait
+	streams.AwaitLeader(ctx, cons)
 	it, err := cons.Messages(jetstream.PullMaxMessages(1))
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", cfg.Durable, err)

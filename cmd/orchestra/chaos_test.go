@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -8,8 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/orchestra-fleet/orchestra/infra/natsserver"
+	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/infra/natstest"
+	"github.com/orchestra-fleet/orchestra/infra/streams"
 )
 
 // TestChaosHeavyScriptsDoNotBlockOthers: a script writing 100 MB of
@@ -124,21 +126,37 @@ actions:
 	p.stop(t)
 }
 
-// TestChaosActiveProcessKilled: two orchestra up share one NATS server;
-// one is the active planner and site runner, the other waits. Changes
-// written to either are planned and run. The active one is killed with
-// SIGKILL: the other takes over within the lease's time, and changes and
-// site runs go on.
-func TestChaosActiveProcessKilled(t *testing.T) {
-	if testing.Short() {
-		t.Skip("two processes and a lease expiry")
-	}
-	env := natstest.StartAt(t, natsserver.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+// TestChaosClusterActiveProcessKilled: two orchestra up on a three-node
+// NATS cluster (embedded nodes on loopback) with R3 streams; one is the
+// active planner and site runner, the other waits. A change written
+// through the waiting one is planned and run. The active one is killed
+// with SIGKILL: the other takes over once the lease expires (the time is
+// logged), and changes and site runs go on, every plan published once.
+func TestChaosClusterActiveProcessKilled(t *testing.T) {
+	start := time.Now()
+	_, urls := natstest.Cluster(t, 3)
 	work := t.TempDir()
-	p1 := startUp(t, "--data", filepath.Join(work, ".orchestra"), "--nats", env.Server.ClientURL())
-	p1.waitReady(t)
-	p2 := startUp(t, "--data", t.TempDir(), "--nats", env.Server.ClientURL())
-	p2.waitReady(t)
+	// The active process may die between storing a result and
+	// acknowledging its plan: the plan then waits --ack-wait before the
+	// survivor takes it (and passes it over), holding that server's queue.
+	up := func(data string) *process {
+		p := startUp(t, "--data", data, "--nats", urls, "--replicas", "3", "--ack-wait", "3s")
+		p.waitReady(t)
+		return p
+	}
+	p1 := up(filepath.Join(work, ".orchestra"))
+	p2 := up(t.TempDir())
+	t.Logf("the cluster and both processes ready in %s", time.Since(start).Round(time.Millisecond))
+	_, js := connect(t, p1)
+	for _, name := range []string{events.StreamEvents, events.StreamExec, events.StreamResults, "KV_" + streams.LeaseBucket} {
+		st, err := js.Stream(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info := st.CachedInfo(); info.Config.Replicas != 3 || info.Cluster == nil || len(info.Cluster.Replicas) != 2 {
+			t.Fatalf("stream %s: %d replicas configured, cluster %+v; want 3 on three nodes", name, info.Config.Replicas, info.Cluster)
+		}
+	}
 	activeOf := func(ps ...*process) *process {
 		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 			for _, p := range ps {
@@ -178,21 +196,58 @@ name: s
 services:
   - {name: a, rank: 1, servers: [box], start: "true"}
 `
-	// A change written to the waiting process is planned by the active one.
-	if out, errOut, code := passive.applyDoc(t, work, doc+"---\nkind: Resource\ntype: job\nname: before\nattrs: {}\n"); code != 0 {
-		t.Fatalf("apply through the waiting process exited %d: %s%s", code, out, errOut)
-	}
+	// A change written through the waiting process is planned by the
+	// active one and run.
+	ran(t, passive, work, doc+"---\nkind: Resource\ntype: job\nname: before\nattrs: {}\n")
 	if err := active.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	<-active.exited
 	t0 := time.Now()
 	activeOf(passive)
-	t.Logf("the waiting process took over %s after the active one was killed", time.Since(t0).Round(time.Millisecond))
-	if out, errOut, code := passive.applyDoc(t, work, "kind: Resource\ntype: job\nname: after\nattrs: {}\n"); code != 0 {
-		t.Fatalf("apply after the take-over exited %d: %s%s", code, out, errOut)
+	took := time.Since(t0)
+	t.Logf("the waiting process took over %s after the active one was killed", took.Round(time.Millisecond))
+	// The lease expires LeaseTTL after its last renewal, which came at
+	// most a third of that before the kill; NATS removes it up to about
+	// 2 s late.
+	if took > streams.LeaseTTL+5*time.Second {
+		t.Errorf("the take-over took %s; the lease expires %s after its last renewal", took, streams.LeaseTTL)
 	}
+	t1 := time.Now()
+	ran(t, passive, work, "kind: Resource\ntype: job\nname: after\nattrs: {}\n")
+	t2 := time.Now()
 	if v, code, errOut := passive.siteRun(t, work, "start", "s"); code != 0 || v.State != "SUCCESS" {
 		t.Fatalf("a site run after the take-over exited %d: %s %s", code, v.State, errOut)
+	}
+	t.Logf("then a change ran in %s, and a site run in %s", t2.Sub(t1).Round(time.Millisecond), time.Since(t2).Round(time.Millisecond))
+	// Each unit and each phase of the run planned once, by one process
+	// or the other.
+	seen := map[string]int{}
+	for _, pl := range execPlans(t, js)["box"] {
+		seen[pl.MsgID()]++
+	}
+	if len(seen) != 3 {
+		t.Errorf("plans for box: %v; want the two changes and the site run's phase", seen)
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("plan %s is on EXEC %d times", id, n)
+		}
+	}
+}
+
+// ran applies doc through p and checks that it planned scripts and that
+// they all ran with success within 15 s.
+func ran(t *testing.T, p *process, dir, doc string) {
+	t.Helper()
+	out, errOut, code := p.applyDoc(t, dir, doc, "-o", "json", "--wait", "15s")
+	var res struct{ Scripts []scriptOutcome }
+	if err := json.Unmarshal([]byte(out), &res); err != nil || code != 0 || len(res.Scripts) == 0 {
+		t.Fatalf("apply through %s exited %d (%v): %s%s", p.http, code, err, out, errOut)
+	}
+	for _, s := range res.Scripts {
+		if s.State != events.StateSuccess {
+			t.Errorf("script %s on %s: %s %s", s.ID, s.Server, s.State, s.Reason)
+		}
 	}
 }

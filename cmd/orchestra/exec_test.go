@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -93,21 +92,14 @@ func (p *process) applyDoc(t *testing.T, dir, doc string, args ...string) (strin
 func scriptResults(t *testing.T, js jetstream.JetStream, server string, id uuid.UUID) (started []events.ScriptStarted, finished []events.ScriptFinished) {
 	t.Helper()
 	subject, _ := events.ScriptSubject(server, id, ">")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, events.StreamResults, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range info.NumPending {
-		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
+	return readResults(t, js, subject)
+}
+
+// readResults reads the starts and ends of scripts RESULTS holds under
+// subject (a filter such as events.SubjectResults), in order.
+func readResults(t testing.TB, js jetstream.JetStream, subject string) (started []events.ScriptStarted, finished []events.ScriptFinished) {
+	t.Helper()
+	streamMessages(t, js, events.StreamResults, subject, func(msg jetstream.Msg) {
 		switch {
 		case strings.HasSuffix(msg.Subject(), ".ScriptStarted"):
 			var s events.ScriptStarted
@@ -118,7 +110,7 @@ func scriptResults(t *testing.T, js jetstream.JetStream, server string, id uuid.
 			_ = json.Unmarshal(msg.Data(), &f)
 			finished = append(finished, f)
 		}
-	}
+	})
 	return started, finished
 }
 

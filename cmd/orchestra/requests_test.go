@@ -16,31 +16,10 @@ import (
 )
 
 // execPlans reads every plan on the EXEC stream, by server.
-func execPlans(t *testing.T, js jetstream.JetStream) map[string][]events.Plan {
+func execPlans(t testing.TB, js jetstream.JetStream) map[string][]events.Plan {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	st, err := js.Stream(ctx, events.StreamExec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string][]events.Plan{}
-	if info.State.Msgs == 0 {
-		return out
-	}
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for n := uint64(0); n < info.State.Msgs; n++ {
-		msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
-		if err != nil {
-			t.Fatalf("read EXEC message %d of %d: %v", n+1, info.State.Msgs, err)
-		}
+	streamMessages(t, js, events.StreamExec, "", func(msg jetstream.Msg) {
 		var p events.Plan
 		if err := json.Unmarshal(msg.Data(), &p); err != nil {
 			t.Fatalf("EXEC message %s is not a plan: %v", msg.Subject(), err)
@@ -49,8 +28,44 @@ func execPlans(t *testing.T, js jetstream.JetStream) map[string][]events.Plan {
 			t.Errorf("the plan for %s is on %s", p.Server, msg.Subject())
 		}
 		out[p.Server] = append(out[p.Server], p)
-	}
+	})
 	return out
+}
+
+// streamMessages calls fn with every message stream holds under filter
+// (every message when it is empty), in order. It fetches them in batches:
+// one round trip a message would take minutes over a large stream.
+func streamMessages(t testing.TB, js jetstream.JetStream, stream, filter string, fn func(jetstream.Msg)) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var cfg jetstream.OrderedConsumerConfig
+	if filter != "" {
+		cfg.FilterSubjects = []string{filter}
+	}
+	cons, err := js.OrderedConsumer(ctx, stream, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for left := info.NumPending; left > 0; {
+		batch, err := cons.Fetch(int(min(left, 1000)), jetstream.FetchMaxWait(10*time.Second))
+		if err != nil {
+			t.Fatalf("read %s: %v", stream, err)
+		}
+		n := uint64(0)
+		for msg := range batch.Messages() {
+			fn(msg)
+			n++
+		}
+		if n == 0 {
+			t.Fatalf("read %s: %d messages left unread: %v", stream, left, batch.Error())
+		}
+		left -= n
+	}
 }
 
 // waitPlan waits for the plan of unit on server.

@@ -74,15 +74,22 @@ func (l *Lease) acquire(ctx context.Context) (uint64, error) {
 		if err == nil {
 			return rev, nil
 		}
+		wait := l.ttl / 4
 		if errors.Is(err, jetstream.ErrKeyExists) {
 			if e, gerr := l.kv.Get(ctx, l.key); gerr == nil && string(e.Value()) == l.holder {
 				// Ours from before a restart: take it back at once.
 				if rev, err := l.kv.Update(ctx, l.key, []byte(l.holder), e.Revision()); err == nil {
 					return rev, nil
 				}
-			} else if gerr == nil && !waiting {
-				l.log.Info("another process is the active one; this one waits", "lease", l.key, "holder", string(e.Value()))
-				waiting = true
+			} else if gerr == nil {
+				if !waiting {
+					l.log.Info("another process is the active one; this one waits", "lease", l.key, "holder", string(e.Value()))
+					waiting = true
+				}
+				// A holder that stopped renewing loses the lease ttl after
+				// its last renewal: try again then, not up to ttl/4 later
+				// (bounded both ways, should the clocks disagree).
+				wait = min(wait, max(time.Until(e.Created().Add(l.ttl)), l.ttl/40))
 			}
 		} else if ctx.Err() == nil {
 			l.log.Warn("contending for the lease failed; trying again", "lease", l.key, "err", err)
@@ -90,7 +97,7 @@ func (l *Lease) acquire(ctx context.Context) (uint64, error) {
 		select {
 		case <-ctx.Done():
 			return 0, ctx.Err()
-		case <-time.After(l.ttl / 4):
+		case <-time.After(wait):
 		}
 	}
 }

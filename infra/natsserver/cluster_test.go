@@ -5,114 +5,25 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/infra/eventstore"
-	"github.com/orchestra-fleet/orchestra/infra/natsserver"
-	"github.com/orchestra-fleet/orchestra/infra/streams"
+	"github.com/orchestra-fleet/orchestra/infra/natstest"
 	"github.com/orchestra-fleet/orchestra/services"
 )
-
-// freePort is a loopback port free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// cluster starts three embedded nodes on loopback, routed to each other.
-func cluster(t *testing.T) (nodes map[string]*natsserver.Server, urls string) {
-	t.Helper()
-	const n = 3
-	client, routes := make([]int, n), make([]int, n)
-	for i := range n {
-		client[i], routes[i] = freePort(t), freePort(t)
-	}
-	nodes = map[string]*natsserver.Server{}
-	started := make(chan error, n)
-	var mu sync.Mutex
-	for i := range n {
-		var others []string
-		for j := range n {
-			if j != i {
-				others = append(others, fmt.Sprintf("nats-route://127.0.0.1:%d", routes[j]))
-			}
-		}
-		name := fmt.Sprintf("n%d", i+1)
-		go func() { // a node waits for its routes: start them together
-			s, err := natsserver.Start(natsserver.Config{DataDir: t.TempDir(), Listen: fmt.Sprintf("127.0.0.1:%d", client[i]), ServerName: name,
-				Cluster: &natsserver.Cluster{Name: "orchestra", Listen: fmt.Sprintf("127.0.0.1:%d", routes[i]), Routes: others}})
-			if err == nil {
-				mu.Lock()
-				nodes[name] = s
-				mu.Unlock()
-			}
-			started <- err
-		}()
-	}
-	for range n {
-		if err := <-started; err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() {
-		for _, s := range nodes {
-			s.Shutdown()
-		}
-	})
-	for i := range n {
-		if i > 0 {
-			urls += ","
-		}
-		urls += fmt.Sprintf("nats://127.0.0.1:%d", client[i])
-	}
-	return nodes, urls
-}
 
 // TestChaosClusterLeaderStopped: the event log on a three-node cluster
 // with R3 streams. Writers append units while the EVENTS stream's leader
 // is stopped: every unit the store acknowledged is in the log afterwards,
 // once, and the writers go on. The pause is logged.
 func TestChaosClusterLeaderStopped(t *testing.T) {
-	if testing.Short() {
-		t.Skip("three servers")
-	}
-	nodes, urls := cluster(t)
-	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, _, js := natstest.ClusterJS(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	for { // the cluster elects its meta leader first
-		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
-		err = streams.Provision(pctx, js, streams.Config{Replicas: 3})
-		pcancel()
-		if err == nil || ctx.Err() != nil {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("provision R3 streams: %v", err)
-	}
 	reg, err := events.NewRegistry(events.Catalog()...)
 	if err != nil {
 		t.Fatal(err)

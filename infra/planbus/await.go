@@ -12,6 +12,7 @@ import (
 
 	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/gateway"
+	"github.com/orchestra-fleet/orchestra/infra/streams"
 )
 
 // Progress is how far the planner has got (projections.Dispatcher).
@@ -63,7 +64,8 @@ func (r Results) Await(ctx context.Context, unit uuid.UUID, seq uint64) ([]gatew
 		return nil, fmt.Errorf("the planner did not reach sequence %d: %w", seq, err)
 	}
 	var rec events.UnitPlanned
-	msg, err := r.Bus.results.GetLastMsgForSubject(ctx, events.UnitSubject(unit, rec.ResultType()))
+	// From the leader: the record was stored a moment ago.
+	msg, err := streams.LastMsg(ctx, r.Bus.js, r.Bus.results, events.UnitSubject(unit, rec.ResultType()))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, nil // nothing to run
 	}

@@ -126,7 +126,7 @@ func (b *Bus) Published(ctx context.Context, server string) (uint64, error) {
 			return 0, err
 		}
 	}
-	msg, err := b.exec.GetLastMsgForSubject(ctx, subject)
+	msg, err := streams.LastMsg(ctx, b.js, b.exec, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return 0, nil
 	}
@@ -210,7 +210,7 @@ func recordSubject(r events.Result) (subject, id string, err error) {
 // Script returns the planner's record of a script.
 func (b *Bus) Script(ctx context.Context, id uuid.UUID) (events.ScriptPlanned, error) {
 	var rec events.ScriptPlanned
-	msg, err := b.results.GetLastMsgForSubject(ctx, events.ScriptFilter(id, rec.ResultType()))
+	msg, err := streams.LastMsg(ctx, b.js, b.results, events.ScriptFilter(id, rec.ResultType()))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return rec, fmt.Errorf("script %s: %w", id, projections.ErrNotFound)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/orchestra-fleet/orchestra/events"
 	"github.com/orchestra-fleet/orchestra/executor"
 	"github.com/orchestra-fleet/orchestra/infra/planbus"
+	"github.com/orchestra-fleet/orchestra/infra/streams"
 	"github.com/orchestra-fleet/orchestra/infra/wmjet"
 	"github.com/orchestra-fleet/orchestra/services"
 )
@@ -80,7 +81,7 @@ func (b *Bus) last(ctx context.Context, st events.RunStep, v events.Result) (boo
 	if err != nil {
 		return false, err
 	}
-	msg, err := b.results.GetLastMsgForSubject(ctx, subject)
+	msg, err := streams.LastMsg(ctx, b.js, b.results, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return false, nil
 	}

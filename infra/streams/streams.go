@@ -86,7 +86,7 @@ func Configs(c Config) ([]jetstream.StreamConfig, error) {
 			Duplicates:         EventDuplicates,
 			DenyDelete:         true,
 			DenyPurge:          true,
-			AllowDirect:        true,
+			AllowDirect:        c.Replicas == 1, // a replica may answer a direct get before it has what the leader acknowledged
 			AllowAtomicPublish: true,
 		},
 		retained(c, events.StreamExec, "Plans, one subject per server, strictly ordered", events.SubjectExec),

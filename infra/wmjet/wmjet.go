@@ -19,6 +19,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/orchestra-fleet/orchestra/infra/streams"
 )
 
 // Metadata keys of a delivered message besides its headers: its subject
@@ -77,6 +79,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if err != nil {
 		return nil, fmt.Errorf("wmjet: consumer %s on %s: %w", t.Consumer.Durable, t.Stream, err)
 	}
+	streams.AwaitLeader(ctx, cons)
 	ctx, cancel := context.WithCancel(ctx)
 	out := make(chan *message.Message)
 	beat := t.Consumer.AckWait / 3
