@@ -246,6 +246,15 @@ func format(kind string, v float64) string {
 	return fmt.Sprint(v)
 }
 
+// costString writes a cost ratio with three significant digits, whole
+// above 1,000.
+func costString(c float64) string {
+	if c >= 1000 {
+		return fmt.Sprintf("%.0f×", c)
+	}
+	return fmt.Sprintf("%.3g×", c)
+}
+
 // printTable prints the report as a Markdown table, with the cost ratios
 // of an earlier report when there is one.
 func printTable(w io.Writer, rep report, before *report) {
@@ -265,7 +274,7 @@ func printTable(w io.Writer, rep report, before *report) {
 	for _, r := range rep.Rows {
 		ours, raw, cost := "—", "—", "not measured: "+r.Missed
 		if r.Missed == "" {
-			ours, raw, cost = format(r.Kind, r.Ours), format(r.Kind, r.RawValue), fmt.Sprintf("%.3g×", r.Cost)
+			ours, raw, cost = format(r.Kind, r.Ours), format(r.Kind, r.RawValue), costString(r.Cost)
 		}
 		goal := r.Target
 		if r.Met != nil {
@@ -275,7 +284,7 @@ func printTable(w io.Writer, rep report, before *report) {
 		if before != nil {
 			was := "—"
 			if p, ok := prev[r.Key]; ok && p.Missed == "" {
-				was = fmt.Sprintf("%.3g×", p.Cost)
+				was = costString(p.Cost)
 			}
 			line += " " + was + " |"
 		}

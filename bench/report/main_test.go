@@ -139,6 +139,9 @@ func TestReportAndCompare(t *testing.T) {
 	if r := rowOf(t, rep.Rows, "fifo-local"); !near(r.Cost, 2241450.0/1906680) {
 		t.Errorf("fifo-local in the JSON: %+v", r)
 	}
+	if !strings.Contains(stdout.String(), "| 93.9 ms | 20 µs | 4695× | ≤ 100 ms ✓ |") {
+		t.Errorf("a cost of thousands in the table:\n%s", stdout.String())
+	}
 	if !strings.Contains(stdout.String(), "| 71.6 ms | 19.3 ms | 3.71× | ≤ 1.25× ✗ missed |") {
 		t.Errorf("a missed target in the table:\n%s", stdout.String())
 	}
