@@ -15,7 +15,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/orchestra-fleet/orchestra/events"
-	"github.com/orchestra-fleet/orchestra/infra/streams"
 )
 
 // Defaults of Config.
@@ -274,7 +273,7 @@ func (e *Executor) serve(ctx context.Context, name string, lookup func() (events
 		return fmt.Errorf("consumer %s: %w", cfg.Durable, err)
 	}
 	ackWait := cons.CachedInfo().Config.AckWait
-	streams.AwaitLeader(ctx, cons)
+	AwaitLeader(ctx, cons)
 	it, err := cons.Messages(jetstream.PullMaxMessages(1))
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", cfg.Durable, err)
@@ -485,4 +484,28 @@ func (e *Executor) run(ctx context.Context, srv events.Server, plan events.Plan,
 	}
 	fin.Time = time.Now()
 	return e.res.store(ctx, plan.Server, s.ID, fmt.Sprintf("%s.%d.%s", s.ID, attempt, fin.ResultType()), fin)
+}
+
+// leaderWait bounds how long AwaitLeader waits.
+const leaderWait = 10 * time.Second
+
+// AwaitLeader waits, at most leaderWait, until cons has a leader. A
+// consumer just made on a NATS cluster (by this process, or by another at
+// the same moment) has none for a moment, and a pull sent then is
+// answered "no responders", which nats.go takes for a pull still pending:
+// the consumer would stall until the pull expires, 30 s later. Call it
+// before the first pull of a consumer just created or updated. On a
+// single server a consumer always has one.
+func AwaitLeader(ctx context.Context, cons jetstream.Consumer) {
+	info := cons.CachedInfo()
+	for deadline := time.Now().Add(leaderWait); info.Cluster != nil && info.Cluster.Leader == "" && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+		if i, err := cons.Info(ctx); err == nil {
+			info = i
+		}
+	}
 }

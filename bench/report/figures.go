@@ -15,7 +15,7 @@ type figure struct {
 }
 
 // target is what a figure should reach: a cost ratio at most, or
-// Orchestra's own figure at most (in seconds, per second or MB).
+// Orchestra's own figure at most (in seconds, per second or MiB).
 type target struct{ Cost, Ours float64 }
 
 func (t target) String(kind string) string {
@@ -74,9 +74,9 @@ var figures = []figure{
 		"BenchmarkHTTPWrite/baseline=in-process", "orchestra-ns/op", "raw-ns/op", target{}},
 	{"apply-1000", "POST /v1/apply of 1,000 resources", "atomic batch of 1,000",
 		"BenchmarkApply1000", "orchestra-ns/op", "raw-ns/op", target{Cost: 1.25}},
-	{"planner-10", "planner ops/s, units of 10 operations (plan, publish, mark, commit)", "async publish of one plan-sized message per operation",
+	{"planner-10", "planner, time per operation in units of 10 operations (plan, publish, mark, commit)", "async publish of one plan-sized message per operation",
 		"BenchmarkPlanner/ops-per-unit=10", "orchestra-ns/op", "raw-ns/op", target{Cost: 4}},
-	{"planner-1", "planner ops/s, units of 1 operation", "the same",
+	{"planner-1", "planner, time per operation in units of 1 operation", "the same",
 		"BenchmarkPlanner/ops-per-unit=1", "orchestra-ns/op", "raw-ns/op", target{}},
 	{"plan-latency-p50", "change → plans on the servers' queues (Apply in-process until published), p50", "publish → consume, p50",
 		"BenchmarkPlanLatency", "orchestra-p50-ms", "raw-p50-ms", target{}},
@@ -105,11 +105,11 @@ var figures = []figure{
 	{"site-overhead", "site start of 100 services, 3 ranks, 20 local servers: orchestration overhead, p50", "one publish → consume",
 		"BenchmarkSiteStart", "overhead-p50-ms", "raw-pubsub-p50-ms", target{Ours: 0.100}},
 	{"rss-idle", "RSS of orchestra up, idle", "a bare process embedding nats-server with JetStream, idle",
-		"BenchmarkMemory/idle", "orchestra-MB", "raw-MB", target{}},
-	{"rss-100k", "RSS of orchestra up holding 100k resources (planned)", "the bare process holding as many messages of the same size",
-		"BenchmarkMemory/resources=100k", "orchestra-MB", "raw-MB", target{}},
+		"BenchmarkMemory/idle", "orchestra-MiB", "raw-MiB", target{}},
+	{"rss-100k", "RSS of orchestra up holding 100k resources (planned)", "the bare process holding as many messages of the same size, a subject and a message id each",
+		"BenchmarkMemory/resources=100k", "orchestra-MiB", "raw-MiB", target{}},
 	{"rss-1m-logs", "RSS of orchestra up answering queries over 1M script logs", "the bare process with SQLite answering the same queries on the same file",
-		"BenchmarkMemory/logs=1M", "orchestra-MB", "raw-MB", target{}},
+		"BenchmarkMemory/logs=1M", "orchestra-MiB", "raw-MiB", target{}},
 	{"rss-100k-peak", "peak RSS while applying and planning 100k resources", "peak RSS of the bare process while it stores them",
-		"BenchmarkMemory/resources=100k", "orchestra-peak-MB", "raw-peak-MB", target{}},
+		"BenchmarkMemory/resources=100k", "orchestra-peak-MiB", "raw-peak-MiB", target{}},
 }

@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,6 +40,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	from := fs.String("from", "", "read go test -bench output from this file instead of running the benchmarks")
 	out := fs.String("out", filepath.Join("bench", "out"), "where to write the JSON report and go test's output")
 	compare := fs.String("compare", "", "an earlier JSON report: show its cost ratios beside this run's")
+	label := fs.String("commit", "", "the commit the figures are of (default: the checkout's, or from:FILE with -from)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -59,17 +61,26 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 	var output []byte
 	var runErr error
-	rep := report{Time: time.Now().UTC().Round(time.Second), Commit: commit(), Machine: machine(), Benchtime: *benchtime}
+	rep := report{Time: time.Now().UTC().Round(time.Second), Commit: *label, Machine: machine(), Benchtime: *benchtime}
 	if *from != "" {
 		b, err := os.ReadFile(*from)
 		if err != nil {
 			return fmt.Errorf("-from: %w", err)
 		}
 		output, rep.Benchtime = b, ""
+		if rep.Commit == "" {
+			rep.Commit = "from:" + filepath.Base(*from)
+		}
 	} else {
+		if rep.Commit == "" {
+			rep.Commit = commit()
+		}
 		output, runErr = runBenchmarks(*pattern, *benchtime, stderr)
 	}
-	rep.Benchmarks = parse(output)
+	var err error
+	if rep.Benchmarks, err = parse(output); err != nil {
+		return errors.Join(runErr, err)
+	}
 	rep.Rows = rows(rep.Benchmarks)
 	if len(rep.Benchmarks) == 0 {
 		return errors.Join(runErr, errors.New("no benchmark results"))
@@ -111,7 +122,7 @@ type row struct {
 	Key       string  `json:"key"`
 	Operation string  `json:"operation"`
 	Raw       string  `json:"compared_with"`
-	Kind      string  `json:"kind"` // time (s), rate (per s) or memory (MB)
+	Kind      string  `json:"kind"` // time (s), rate (per s) or memory (MiB)
 	Ours      float64 `json:"orchestra"`
 	RawValue  float64 `json:"raw"`
 	// Cost is Orchestra's cost as a multiple of the raw operation's: time
@@ -127,8 +138,8 @@ type row struct {
 func runBenchmarks(pattern, benchtime string, progress io.Writer) ([]byte, error) {
 	cmd := exec.Command("go", "test", "-run", "^$", "-bench", pattern, "-benchtime", benchtime, "-timeout", "90m", "./...")
 	var buf bytes.Buffer
-	cmd.Stdout = io.MultiWriter(&buf, progress)
-	cmd.Stderr = io.MultiWriter(&buf, progress)
+	w := io.MultiWriter(&buf, progress)
+	cmd.Stdout, cmd.Stderr = w, w // one writer: os/exec copies both into it from one goroutine
 	fmt.Fprintln(progress, "$", strings.Join(cmd.Args, " "))
 	if err := cmd.Run(); err != nil {
 		return buf.Bytes(), fmt.Errorf("go test: %w (the table shows what was measured)", err)
@@ -138,13 +149,19 @@ func runBenchmarks(pattern, benchtime string, progress io.Writer) ([]byte, error
 
 // parse reads go test -bench output: per benchmark (named without its
 // -GOMAXPROCS suffix) its package, iterations and metrics.
-func parse(output []byte) map[string]map[string]any {
+func parse(output []byte) (map[string]map[string]any, error) {
 	out := map[string]map[string]any{}
 	pkg := ""
-	sc := bufio.NewScanner(bytes.NewReader(output))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
+	rd := bufio.NewReader(bytes.NewReader(output))
+	for {
+		line, err := rd.ReadString('\n')
+		if err == io.EOF && line == "" {
+			return out, nil
+		}
+		if err != nil && err != io.EOF {
+			return out, err
+		}
+		line = strings.TrimRight(line, "\n")
 		if p, ok := strings.CutPrefix(line, "pkg: "); ok {
 			pkg = p
 			continue
@@ -166,14 +183,13 @@ func parse(output []byte) map[string]map[string]any {
 		m := map[string]any{"package": pkg, "iterations": n}
 		for i := 2; i+1 < len(fields); i += 2 {
 			v, err := strconv.ParseFloat(fields[i], 64)
-			if err != nil {
-				continue
+			if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+				continue // JSON has no NaN
 			}
 			m[fields[i+1]] = v
 		}
 		out[name] = m
 	}
-	return out
 }
 
 // rows measures every figure in benchmarks.
@@ -210,16 +226,16 @@ func rows(benchmarks map[string]map[string]any) []row {
 }
 
 // unitOf tells what a metric measures from its name, and the factor to
-// seconds (time), per second (rate) or MB (memory).
+// seconds (time), per second (rate) or MiB (memory).
 func unitOf(metric string) (kind string, scale float64) {
 	switch {
 	case strings.HasSuffix(metric, "/s"):
 		return "rate", 1
-	case strings.HasSuffix(metric, "MB"):
+	case strings.HasSuffix(metric, "MiB"):
 		return "memory", 1
 	case strings.HasSuffix(metric, "ns/op"):
 		return "time", 1e-9
-	case strings.Contains(metric, "-ms"):
+	case strings.HasSuffix(metric, "-ms"):
 		return "time", 1e-3
 	}
 	return "unknown", 1
@@ -241,7 +257,7 @@ func format(kind string, v float64) string {
 		}
 		return fmt.Sprintf("%.3g/s", v)
 	case "memory":
-		return fmt.Sprintf("%.0f MB", v)
+		return fmt.Sprintf("%.0f MiB", v)
 	}
 	return fmt.Sprint(v)
 }

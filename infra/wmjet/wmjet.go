@@ -20,7 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/orchestra-fleet/orchestra/infra/streams"
+	"github.com/orchestra-fleet/orchestra/executor"
 )
 
 // Metadata keys of a delivered message besides its headers: its subject
@@ -79,7 +79,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	if err != nil {
 		return nil, fmt.Errorf("wmjet: consumer %s on %s: %w", t.Consumer.Durable, t.Stream, err)
 	}
-	streams.AwaitLeader(ctx, cons)
+	executor.AwaitLeader(ctx, cons)
 	ctx, cancel := context.WithCancel(ctx)
 	out := make(chan *message.Message)
 	beat := t.Consumer.AckWait / 3
